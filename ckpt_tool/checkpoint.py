@@ -1,0 +1,622 @@
+"""Checkpoint: what a file is (format, layout), where its weights live, and its other contents.
+
+`load(path)` reads only metadata: the zip directory and `data.pkl`, a safetensors header, an
+index, or a DCP `.metadata` file. Tensor bytes stay on disk; `Checkpoint.locate` says where.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputNotFound, UnreadableCheckpoint, WeightsNotFound
+from .formats import dcp, legacy, safetensors_io, torch_zip
+from .formats.safe_pickle import (
+    DTYPE_SIZES,
+    GlobalRef,
+    Inert,
+    NumpyArray,
+    PickleResult,
+    StorageRef,
+    TensorRecord,
+    global_name,
+)
+
+# Keys under which training checkpoints keep their weights, in the order we pick a default.
+WEIGHT_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "module",
+    "net",
+    "network",
+    "model_state",
+    "weights",
+    "params",
+    "generator",
+    "state_dict_ema",
+    "model_ema",
+    "ema_state_dict",
+    "ema",
+    "teacher",
+    "student",
+)
+# Names that are buffers, not parameters, when the file does not say (plain state_dicts).
+BUFFER_SUFFIXES = (
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+    "position_ids",
+    "relative_position_index",
+    "attn_mask",
+    "anchor_grid",
+    "anchors",
+    "inv_freq",
+)
+# Metadata keys our safetensors output uses for the freeze state (DESIGN "Freeze state").
+FROZEN_META_KEY = "ckpt.frozen"
+BN_EVAL_META_KEY = "ckpt.bn_eval"
+# Where a torch zip / pickle file records the freeze state beside Parameters' requires_grad.
+BN_EVAL_ENTRY = "_ckpt_bn_eval"
+
+
+@dataclass
+class TensorEntry:
+    """One tensor of the chosen weights, by its key in that weight set."""
+
+    key: str
+    record: TensorRecord
+    kind: str  # parameter | buffer | tensor
+
+    @property
+    def dtype(self) -> str:
+        return self.record.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.record.shape
+
+    @property
+    def numel(self) -> int:
+        return self.record.numel
+
+    @property
+    def nbytes(self) -> int:
+        return self.record.nbytes
+
+
+@dataclass
+class Location:
+    """Where a storage's bytes are: file, absolute offset, bytes available there."""
+
+    path: Path
+    offset: int
+    available: int
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint as read from disk, weights chosen, no tensor bytes loaded."""
+
+    path: Path
+    format: str
+    layout: str
+    size_bytes: int
+    tensors: dict[str, TensorEntry]
+    weight_sets: list[str] = field(default_factory=list)
+    weights_key: str | None = None
+    framework: str | None = None
+    modules: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, str] = field(default_factory=dict)
+    globals: list[GlobalRef] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    root: Any = None
+    frozen_recorded: bool = False
+    bn_eval: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    _locations: dict[str, Location] = field(default_factory=dict, repr=False)
+    _zip: torch_zip.ZipIndex | None = field(default=None, repr=False)
+    _legacy: legacy.LegacyIndex | None = field(default=None, repr=False)
+
+    def locate(self, storage: StorageRef) -> Location:
+        """The file bytes behind a storage (zip member, legacy offset, safetensors range)."""
+        if storage.key in self._locations:
+            return self._locations[storage.key]
+        if self._zip is not None:
+            info = self._zip.storage_member(storage.key)
+            if info is None:
+                raise UnreadableCheckpoint(f"{self.path}: storage {storage.key} is missing")
+            loc = Location(self.path, self._zip.data_offset(info), info.file_size)
+        elif self._legacy is not None and storage.key in self._legacy.offsets:
+            loc = Location(self.path, self._legacy.offsets[storage.key], storage.nbytes)
+        else:
+            raise UnreadableCheckpoint(
+                f"{self.path}: tensor bytes of storage {storage.key} cannot be located"
+            )
+        self._locations[storage.key] = loc
+        return loc
+
+    @property
+    def dangerous(self) -> list[GlobalRef]:
+        return [g for g in self.globals if g.kind == "dangerous"]
+
+    @property
+    def refused(self) -> list[GlobalRef]:
+        return [g for g in self.globals if g.kind != "safe"]
+
+    @property
+    def frozen(self) -> list[str]:
+        """Keys of parameters the file records as frozen (requires_grad False)."""
+        if not self.frozen_recorded:
+            return []
+        return [
+            k for k, t in self.tensors.items()
+            if t.kind == "parameter" and not t.record.requires_grad
+        ]
+
+
+# --- walking object graphs ----------------------------------------------------------------------
+
+
+def children(obj: Any) -> Iterator[Any]:
+    """Direct children of a container or inert record, for iterative walks."""
+    if isinstance(obj, dict):
+        yield from obj.keys()
+        yield from obj.values()
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        yield from obj
+    elif isinstance(obj, Inert):
+        yield from obj.args
+        yield from obj.kwargs.values()
+        yield obj.state
+        yield from obj.listitems
+        yield from obj.dictitems.keys()
+        yield from obj.dictitems.values()
+    elif isinstance(obj, TensorRecord):
+        if obj.storage is not None:
+            yield obj.storage
+
+
+def walk(root: Any) -> Iterator[Any]:
+    """Every object reachable from root, once each, without recursion (cycles are fine)."""
+    seen: set[int] = set()
+    queue: deque[Any] = deque([root])
+    while queue:
+        obj = queue.popleft()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        yield obj
+        queue.extend(children(obj))
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return dcp.fields(obj)
+
+
+def is_module_record(obj: Any) -> bool:
+    f = _fields(obj)
+    return "_modules" in f and "_parameters" in f
+
+
+def module_tensors(root: Any) -> tuple[dict[str, TensorRecord], dict[str, str], set[str]]:
+    """Parameters and persistent buffers of a pickled nn.Module, by dotted name, in order.
+
+    Also returns module path -> class name, and the keys that are buffers.
+    """
+    tensors: dict[str, TensorRecord] = {}
+    modules: dict[str, str] = {}
+    buffers: set[str] = set()
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        prefix, mod = stack.pop()
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        f = _fields(mod)
+        modules[prefix.rstrip(".")] = global_name(mod) or type(mod).__name__
+        for name, param in _items(f.get("_parameters")):
+            if isinstance(param, TensorRecord):
+                param.is_parameter = True
+                tensors[prefix + name] = param
+        non_persistent = f.get("_non_persistent_buffers_set") or set()
+        for name, buf in _items(f.get("_buffers")):
+            if isinstance(buf, TensorRecord) and name not in non_persistent:
+                tensors[prefix + name] = buf
+                buffers.add(prefix + name)
+        subs = [(prefix + str(n) + ".", m) for n, m in _items(f.get("_modules")) if m is not None]
+        stack.extend(reversed(subs))
+    return tensors, modules, buffers
+
+
+def _items(d: Any) -> list[tuple[str, Any]]:
+    return [(str(k), v) for k, v in d.items()] if isinstance(d, dict) else []
+
+
+def _as_record(value: Any) -> TensorRecord | None:
+    if isinstance(value, TensorRecord):
+        return value
+    if isinstance(value, NumpyArray):
+        return value.as_record()
+    return None
+
+
+def _tensor_dict(value: Any) -> dict[str, TensorRecord] | None:
+    """The tensors of a state_dict-like mapping, or None if it holds none."""
+    if not isinstance(value, dict):
+        return None
+    out = {}
+    for k, v in value.items():
+        rec = _as_record(v)
+        if rec is not None:
+            out[str(k)] = rec
+    return out or None
+
+
+def _holds_weights(value: Any) -> bool:
+    return _tensor_dict(value) is not None or is_module_record(value)
+
+
+def _describe(value: Any) -> str:
+    """A short description of a non-weight entry for reports."""
+    name = global_name(value)
+    if name is not None:
+        return name
+    if isinstance(value, (TensorRecord, NumpyArray)):
+        rec = _as_record(value)
+        assert rec is not None
+        return f"tensor {list(rec.shape)} {rec.dtype}"
+    if isinstance(value, dict):
+        n = sum(1 for o in walk(value) if isinstance(o, TensorRecord))
+        return f"dict of {len(value)}" + (f" ({n} tensors)" if n else "")
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)}"
+    if isinstance(value, (int, float, bool)) or value is None:
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    return type(value).__name__
+
+
+def _framework(root: dict[Any, Any]) -> str | None:
+    keys = {str(k) for k in root}
+    if keys & {"pytorch-lightning_version", "lightning_version"}:
+        return "lightning"
+    if "meta" in keys and isinstance(root.get("meta"), dict):
+        return "mmengine"
+    if "arch" in keys and "state_dict" in keys:
+        return "timm"
+    if "__author__" in keys or ("model" in keys and "iteration" in keys):
+        return "detectron2"
+    return None
+
+
+# --- layout -----------------------------------------------------------------------------------
+
+
+def _buffer_by_name(key: str, rec: TensorRecord) -> bool:
+    return key.rsplit(".", 1)[-1] in BUFFER_SUFFIXES or rec.dtype in ("int64", "int32", "bool")
+
+
+def _entries(records: dict[str, TensorRecord], buffers: set[str] | None) -> dict[str, TensorEntry]:
+    out = {}
+    for key, rec in records.items():
+        if buffers is not None:
+            kind = "buffer" if key in buffers else "parameter"
+        elif rec.is_parameter:
+            kind = "parameter"
+        else:
+            kind = "buffer" if _buffer_by_name(key, rec) else "parameter"
+        out[key] = TensorEntry(key, rec, kind)
+    return out
+
+
+def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) -> None:
+    root = result.root
+    ckpt.root = root
+    ckpt.globals = list(result.globals.values())
+    records: dict[str, TensorRecord] | None = None
+    buffers: set[str] | None = None
+    if is_module_record(root):
+        ckpt.layout = "module"
+        records, ckpt.modules, buffers = module_tensors(root)
+        if weights is not None:
+            raise WeightsNotFound(
+                f"{ckpt.path}: --weights {weights} given, but the file is a whole pickled model "
+                "with a single set of weights; drop --weights"
+            )
+    elif isinstance(root, dict):
+        ckpt.framework = _framework(root)
+        ckpt.weight_sets = [str(k) for k in root if str(k) in WEIGHT_KEYS and
+                            _holds_weights(root[k])]
+        # Other dict entries holding state_dicts also count when the user names them.
+        if weights is not None:
+            if weights not in {str(k) for k in root} or not _holds_weights(root[weights]):
+                options = ", ".join(ckpt.weight_sets) or "none"
+                raise WeightsNotFound(
+                    f"{ckpt.path}: no weights under {weights!r}; weight sets found: {options}"
+                )
+            chosen: str | None = weights
+        elif ckpt.weight_sets:
+            chosen = min(ckpt.weight_sets, key=WEIGHT_KEYS.index)
+        else:
+            chosen = None
+        if chosen is not None:
+            ckpt.layout = "training"
+            ckpt.weights_key = chosen
+            value = root[chosen]
+            if is_module_record(value):
+                records, ckpt.modules, buffers = module_tensors(value)
+            else:
+                records = _tensor_dict(value)
+            ckpt.extras = {str(k): _describe(v) for k, v in root.items() if str(k) != chosen}
+        else:
+            records = _tensor_dict(root)
+            ckpt.layout = "state_dict" if records else "other"
+            ckpt.extras = {
+                str(k): _describe(v) for k, v in root.items() if _as_record(v) is None
+            }
+    elif _as_record(root) is not None:
+        ckpt.layout = "tensor"
+        rec = _as_record(root)
+        assert rec is not None
+        records = {"tensor": rec}
+    else:
+        ckpt.layout = "other"
+        ckpt.extras = {"root": _describe(root)}
+        if weights is not None:
+            raise WeightsNotFound(f"{ckpt.path}: no weights under {weights!r}")
+    ckpt.tensors = _entries(records or {}, buffers)
+    ckpt.frozen_recorded = any(t.record.is_parameter for t in ckpt.tensors.values())
+    if isinstance(root, dict) and isinstance(root.get(BN_EVAL_ENTRY), list):
+        ckpt.bn_eval = [str(x) for x in root[BN_EVAL_ENTRY]]
+
+
+def _check_storages(ckpt: Checkpoint, result: PickleResult) -> None:
+    """Refuse tensors that claim more bytes than their record holds (mmap would over-read)."""
+    if ckpt._zip is not None:
+        for key, storage in result.storages.items():
+            info = ckpt._zip.storage_member(key)
+            if info is None:
+                raise UnreadableCheckpoint(
+                    f"{ckpt.path}: data.pkl references storage {key} but the archive has no "
+                    f"record {ckpt._zip.prefix}/data/{key}"
+                )
+            if storage.nbytes > info.file_size:
+                raise UnreadableCheckpoint(
+                    f"{ckpt.path}: storage {key} claims {storage.nbytes} bytes but its record "
+                    f"holds {info.file_size}: corrupt or hostile file"
+                )
+    for obj in walk(result.root):
+        if isinstance(obj, TensorRecord) and obj.storage is not None:
+            _check_view(ckpt, obj)
+
+
+def _check_view(ckpt: Checkpoint, rec: TensorRecord) -> None:
+    assert rec.storage is not None
+    if rec.dtype not in DTYPE_SIZES:
+        raise UnreadableCheckpoint(f"{ckpt.path}: tensor of unknown dtype {rec.dtype!r}")
+    if len(rec.stride) != len(rec.shape) or any(s < 0 for s in rec.stride):
+        raise UnreadableCheckpoint(f"{ckpt.path}: tensor with malformed strides {rec.stride}")
+    if rec.numel == 0:
+        return
+    extent = rec.offset + sum((d - 1) * s for d, s in zip(rec.shape, rec.stride)) + 1
+    if extent * DTYPE_SIZES[rec.dtype] > rec.storage.nbytes:
+        raise UnreadableCheckpoint(
+            f"{ckpt.path}: a tensor of shape {list(rec.shape)} reaches past the end of its "
+            f"storage {rec.storage.key}: corrupt or hostile file"
+        )
+
+
+# --- formats ----------------------------------------------------------------------------------
+
+
+def detect(path: Path) -> str:
+    """The format of a file or folder, by content, never by extension alone."""
+    if not path.exists():
+        raise InputNotFound(f"{path}: no such file or folder")
+    if path.is_dir():
+        if (path / ".metadata").is_file():
+            return "dcp"
+        if _index_in(path) is not None:
+            return "sharded"
+        if _single_weights_in(path) is not None:
+            return "hf-folder"
+        raise InputNotFound(
+            f"{path}: folder holds no checkpoint we know (no .metadata, *.index.json, "
+            "model.safetensors or pytorch_model.bin); pass the checkpoint file itself"
+        )
+    if path.name.endswith(".index.json"):
+        return "sharded"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise UnreadableCheckpoint(f"{path}: cannot read ({exc.strerror})") from None
+    if not head:
+        raise UnreadableCheckpoint(f"{path}: empty file, not a checkpoint")
+    if head[:4] == torch_zip.ZIP_MAGIC:
+        return "torch-zip"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80" or head[:1] in b"(}]cNIJKLFSVX":
+        return "pickle"
+    raise UnreadableCheckpoint(
+        f"{path}: not a checkpoint format we know (not a torch zip, legacy torch file, pickle "
+        "or safetensors)"
+    )
+
+
+def _index_in(folder: Path) -> Path | None:
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.index.json"))
+    return found[0] if len(found) == 1 else None
+
+
+def _single_weights_in(folder: Path) -> Path | None:
+    for name in ("model.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.safetensors"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_zip(ckpt: Checkpoint, weights: str | None) -> None:
+    index = torch_zip.open_zip_index(ckpt.path)
+    ckpt._zip = index
+    if torch_zip.is_torchscript(index):
+        ckpt.format = "torchscript"
+    result = torch_zip.read_zip_pickle(index)
+    _check_storages(ckpt, result)
+    _from_pickle(ckpt, result, weights)
+
+
+def _load_pickle(ckpt: Checkpoint, weights: str | None) -> None:
+    result, index = legacy.read_pickle_file(ckpt.path)
+    if index is not None:
+        ckpt.format = "torch-legacy"
+        ckpt._legacy = index
+        for obj in walk(result.root):
+            if isinstance(obj, TensorRecord) and obj.storage is not None:
+                _check_view(ckpt, obj)
+    elif result.storages:
+        raise UnreadableCheckpoint(
+            f"{ckpt.path}: pickle references tensor storages but has no legacy torch header"
+        )
+    _from_pickle(ckpt, result, weights)
+
+
+def _safetensors_records(ckpt: Checkpoint, header: safetensors_io.STHeader,
+                         records: dict[str, TensorRecord]) -> None:
+    for t in header.tensors:
+        numel = t.nbytes // DTYPE_SIZES[t.dtype] if DTYPE_SIZES.get(t.dtype) else t.nbytes
+        storage_key = f"{header.path.name}:{t.name}"
+        storage = StorageRef(storage_key, t.dtype, "cpu", numel)
+        ckpt._locations[storage_key] = Location(header.path, t.start, t.nbytes)
+        stride: list[int] = []
+        acc = 1
+        for d in reversed(t.shape):
+            stride.insert(0, acc)
+            acc *= d
+        records[t.name] = TensorRecord(storage, 0, t.shape, tuple(stride), t.dtype)
+
+
+def _apply_st_metadata(ckpt: Checkpoint) -> None:
+    frozen = _json_list(ckpt.metadata.get(FROZEN_META_KEY))
+    if frozen is not None:
+        ckpt.frozen_recorded = True
+        for key, entry in ckpt.tensors.items():
+            if entry.kind == "parameter":
+                entry.record.is_parameter = True
+                entry.record.requires_grad = key not in frozen
+    ckpt.bn_eval = _json_list(ckpt.metadata.get(BN_EVAL_META_KEY)) or []
+
+
+def _json_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else None
+
+
+def _load_safetensors(ckpt: Checkpoint, files: list[Path], weights: str | None) -> None:
+    if weights is not None:
+        raise WeightsNotFound(
+            f"{ckpt.path}: --weights {weights} given, but safetensors files hold a single set "
+            "of weights; drop --weights"
+        )
+    records: dict[str, TensorRecord] = {}
+    for f in files:
+        header = safetensors_io.read_header(f)
+        if not ckpt.metadata:
+            ckpt.metadata = dict(header.metadata)
+        _safetensors_records(ckpt, header, records)
+    ckpt.layout = "state_dict"
+    ckpt.tensors = _entries(records, None)
+    ckpt.files = files
+    _apply_st_metadata(ckpt)
+
+
+def _load_sharded(ckpt: Checkpoint, index_path: Path, weights: str | None) -> None:
+    index = safetensors_io.read_index(index_path)
+    shard_paths = [index_path.parent / s for s in index.shards]
+    if all(p.name.endswith(".safetensors") for p in shard_paths):
+        ckpt.format = "safetensors-sharded"
+        _load_safetensors(ckpt, shard_paths, weights)
+        # index order is the HF convention; keep the key order the index gives
+        missing = [k for k in index.weight_map if k not in ckpt.tensors]
+        if missing:
+            raise UnreadableCheckpoint(
+                f"{index_path}: key {missing[0]!r} is in the index but not in its shard"
+            )
+        ckpt.tensors = {k: ckpt.tensors[k] for k in index.weight_map} | ckpt.tensors
+    else:
+        raise UnreadableCheckpoint(
+            f"{index_path}: sharded .bin checkpoints are not supported yet; convert each shard "
+            "with `ckpt convert`"
+        )
+    ckpt.metadata = {**ckpt.metadata, **{f"index.{k}": str(v) for k, v in index.metadata.items()}}
+    ckpt.files = [index_path, *shard_paths]
+
+
+def _load_dcp(ckpt: Checkpoint, weights: str | None) -> None:
+    index = dcp.read_dcp(ckpt.path)
+    ckpt.globals = list(index.pickle.globals.values())
+    ckpt.layout = "state_dict"
+    records = {}
+    for e in index.tensors:
+        stride: list[int] = []
+        acc = 1
+        for d in reversed(e.shape):
+            stride.insert(0, acc)
+            acc *= d
+        records[e.key] = TensorRecord(None, 0, e.shape, tuple(stride), e.dtype, rebuild="dcp")
+    ckpt.tensors = _entries(records, None)
+    ckpt.extras = {k: "non-tensor item" for k in index.other_items}
+    ckpt.files = sorted(p for p in ckpt.path.iterdir() if p.is_file())
+    if weights is not None:
+        raise WeightsNotFound(f"{ckpt.path}: --weights is not supported for DCP folders")
+
+
+def load(path: str | Path, weights: str | None = None) -> Checkpoint:
+    """Read a checkpoint's metadata (never its tensor bytes) and choose its weights."""
+    p = Path(path)
+    fmt = detect(p)
+    size = (
+        sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir()
+        else p.stat().st_size
+    )
+    ckpt = Checkpoint(path=p, format=fmt, layout="state_dict", size_bytes=size, tensors={})
+    try:
+        if fmt == "torch-zip":
+            _load_zip(ckpt, weights)
+        elif fmt == "pickle":
+            _load_pickle(ckpt, weights)
+        elif fmt == "safetensors":
+            _load_safetensors(ckpt, [p], weights)
+        elif fmt == "sharded":
+            _load_sharded(ckpt, p if p.is_file() else _index_in(p) or p, weights)
+        elif fmt == "dcp":
+            _load_dcp(ckpt, weights)
+        elif fmt == "hf-folder":
+            inner = _single_weights_in(p)
+            assert inner is not None
+            sub = load(inner, weights)
+            sub.path, sub.format = p, f"hf-folder ({sub.format})"
+            config = p / "config.json"
+            if config.is_file():
+                sub.metadata = {**sub.metadata, "config": config.name}
+            sub.size_bytes = size
+            return sub
+    except OSError as exc:
+        raise UnreadableCheckpoint(f"{p}: cannot read ({exc.strerror or exc})") from None
+    return ckpt

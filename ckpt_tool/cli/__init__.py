@@ -1,0 +1,40 @@
+"""The `ckpt` command: Typer commands only; the work is in the library."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from .inspect_cmd import inspect
+
+app = typer.Typer(
+    name="ckpt",
+    help="Inspect and repair PyTorch checkpoints safely: nothing in a checkpoint runs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ckpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Inspect and repair PyTorch checkpoints safely: nothing in a checkpoint runs."""
+
+
+app.command(rich_help_panel="Inspect")(inspect)
+
+
+def main() -> None:
+    app()

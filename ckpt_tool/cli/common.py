@@ -1,0 +1,64 @@
+"""What every command shares: the error boundary and the option aliases."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .. import render
+from ..errors import EXIT_ERROR, CkptError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def boundary(func: F) -> F:
+    """Turn library errors into one stderr line and their exit code; unknown errors are bugs."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CkptError as exc:
+            if os.environ.get("CKPT_DEBUG") == "1":
+                traceback.print_exc()
+            render.error(exc.message)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            render.error("interrupted; nothing was written")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if os.environ.get("CKPT_DEBUG") == "1":
+                traceback.print_exc()
+            render.error(
+                f"internal error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                " (a bug in ckpt: rerun with CKPT_DEBUG=1 and report the traceback)"
+            )
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+InputArg = Annotated[
+    Path, typer.Argument(help="Checkpoint file or folder (.pth/.pt/.bin/.ckpt, .safetensors, "
+                               "sharded index, HF folder, DCP folder).", show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option("--weights", "-w", metavar="KEY",
+                 help="Which weight set of a training checkpoint to use "
+                      "(e.g. state_dict_ema); inspect lists the candidates."),
+]
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

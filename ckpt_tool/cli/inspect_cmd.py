@@ -1,0 +1,52 @@
+"""`ckpt inspect`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import render
+from ..checkpoint import load
+from ..inspect import build_tree, inspect_report, select, tensor_stats
+from .common import InputArg, JsonOpt, WeightsOpt, boundary
+
+
+@boundary
+def inspect(
+    path: InputArg,
+    depth: Annotated[int | None, typer.Option("--depth", "-d", min=1,
+                                              help="Show the module tree N levels deep.")] = None,
+    filter: Annotated[str | None, typer.Option("--filter", "-f", metavar="GLOB",
+                                               help="Only keys matching a glob, e.g. 'layer1.*'.")
+                      ] = None,
+    keys: Annotated[bool, typer.Option("--keys", help="Flat listing of keys instead of the tree."
+                                       )] = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Read tensor values (one at a time) and "
+                                        "add min/max/mean/std and NaN/Inf counts.")] = False,
+    weights: WeightsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show what a checkpoint holds, without loading tensor bytes or running its code.
+
+    Example: ckpt inspect model.pth --depth 2
+    """
+    ckpt = load(path, weights=weights)
+    report = inspect_report(ckpt, filter)
+    entries = select(ckpt.tensors, filter)
+    values = tensor_stats(ckpt, entries) if stats else None
+    if values is not None:
+        for t in report["tensors"]:
+            t["stats"] = values.get(t["key"])
+    if json_out:
+        render.print_json(report)
+        return
+    render.inspect_header(report)
+    if filter is not None and not entries:
+        render.warn(f"no key matches {filter!r}")
+    elif keys:
+        render.show(render.keys_table(entries, values))
+    else:
+        render.show(render.module_tree(build_tree(entries, ckpt.modules), depth, values))
+    if filter is None:
+        render.share_bars(report["top_level"])

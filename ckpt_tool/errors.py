@@ -1,0 +1,61 @@
+"""The error family: each situation one class, each class one exit code and a one-line message."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CHECK_FAILED = 3
+
+
+class CkptError(Exception):
+    """A failure the user can act on; its message is one line naming the file or key and the fix."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InputNotFound(CkptError):
+    """The path given does not exist, or a folder holds no checkpoint we know."""
+
+
+class UnreadableCheckpoint(CkptError):
+    """The bytes are not a checkpoint format we read, or are corrupt or truncated."""
+
+
+class UnsafeCheckpoint(CkptError):
+    """The file reaches a dangerous callable; we refuse to act on it (see `ckpt scan`)."""
+
+
+class WeightsNotFound(CkptError):
+    """The chosen weight set (`--weights`) is not in the checkpoint, or there are no tensors."""
+
+
+class OutputRefused(CkptError):
+    """The output path would overwrite the input or an existing file, or is not writable."""
+
+
+class WriteFailed(CkptError):
+    """Writing or verifying the output failed; nothing partial was left behind."""
+
+
+class SurgeryError(CkptError):
+    """A key operation is ambiguous or impossible (conflicting renames, partial prefixes...)."""
+
+
+class CheckFailed(CkptError):
+    """A check did not pass (smoke-train, coverage, differences, unsafe content)."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class UsageError(CkptError):
+    """Options that contradict each other or values we do not understand."""
+
+    exit_code = EXIT_USAGE

@@ -1,0 +1,104 @@
+"""torch's zip format: the directory, `data.pkl` and where each storage's bytes lie."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UnreadableCheckpoint
+from .safe_pickle import PickleResult, safe_loads
+
+ZIP_MAGIC = b"PK\x03\x04"
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+
+
+@dataclass
+class ZipIndex:
+    """The members of a torch zip archive: names, sizes, and data offsets on demand."""
+
+    path: Path
+    prefix: str
+    members: dict[str, zipfile.ZipInfo]
+    byteorder: str = "little"
+    _offsets: dict[str, int] = field(default_factory=dict)
+
+    def storage_member(self, key: str) -> zipfile.ZipInfo | None:
+        return self.members.get(f"{self.prefix}/data/{key}")
+
+    def data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Absolute offset of a STORED member's bytes (reads its 30-byte local header)."""
+        cached = self._offsets.get(info.filename)
+        if cached is not None:
+            return cached
+        with open(self.path, "rb") as f:
+            f.seek(info.header_offset)
+            header = f.read(_LOCAL_HEADER.size)
+        if len(header) != _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
+            raise UnreadableCheckpoint(
+                f"{self.path}: member {info.filename} has a corrupt local header"
+            )
+        name_len, extra_len = struct.unpack("<2H", header[26:30])
+        offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        self._offsets[info.filename] = offset
+        return offset
+
+
+def open_zip_index(path: Path) -> ZipIndex:
+    """Read the zip directory and apply torch's layout rules; refuse what torch would misread."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile as exc:
+        raise UnreadableCheckpoint(
+            f"{path}: damaged zip archive ({exc}); the file is probably truncated or corrupt"
+        ) from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise UnreadableCheckpoint(f"{path}: cannot read the zip directory ({exc})") from None
+    if not infos:
+        raise UnreadableCheckpoint(f"{path}: empty zip archive, not a torch checkpoint")
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        if info.filename in members:
+            raise UnreadableCheckpoint(
+                f"{path}: zip holds the member {info.filename!r} twice; readers disagree on "
+                "which one counts, so we refuse it"
+            )
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise UnreadableCheckpoint(
+                f"{path}: member {info.filename!r} is compressed; torch checkpoints store "
+                "members uncompressed (was the file re-zipped?)"
+            )
+        members[info.filename] = info
+    prefix = infos[0].filename.split("/", 1)[0]
+    if f"{prefix}/data.pkl" not in members:
+        pkl = [n for n in members if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkl) != 1:
+            raise UnreadableCheckpoint(
+                f"{path}: zip archive without a data.pkl record: not a torch checkpoint"
+            )
+        prefix = pkl[0].split("/", 1)[0]
+    index = ZipIndex(path, prefix, members)
+    order = members.get(f"{prefix}/byteorder")
+    if order is not None:
+        with zipfile.ZipFile(path) as zf:
+            index.byteorder = zf.read(order).decode("ascii", "replace").strip() or "little"
+    return index
+
+
+def read_zip_pickle(index: ZipIndex, name: str = "data.pkl") -> PickleResult:
+    """Read a pickle member with the restricted reader."""
+    member = f"{index.prefix}/{name}"
+    try:
+        with zipfile.ZipFile(index.path) as zf:
+            data = zf.read(member)
+    except (zipfile.BadZipFile, OSError, KeyError, EOFError) as exc:
+        raise UnreadableCheckpoint(f"{index.path}: cannot read {member} ({exc})") from None
+    return safe_loads(data, f"{index.path}: {member}")
+
+
+def is_torchscript(index: ZipIndex) -> bool:
+    return f"{index.prefix}/constants.pkl" in index.members or any(
+        n.startswith(f"{index.prefix}/code/") for n in index.members
+    )

@@ -1,0 +1,210 @@
+"""The inspect report: a plain JSON-ready dict built from a Checkpoint (no printing here)."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .checkpoint import Checkpoint, TensorEntry
+from .formats.safe_pickle import TensorRecord
+from .surgery.prefixes import detect_prefix
+
+_NUM = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that puts layer2 before layer10."""
+    return [int(p) if p.isdigit() else p for p in _NUM.split(text)]
+
+
+@dataclass
+class ModuleNode:
+    """A module path in the tree with its own tensors and its children."""
+
+    name: str
+    path: str
+    tensors: list[TensorEntry] = field(default_factory=list)
+    children: dict[str, ModuleNode] = field(default_factory=dict)
+    numel: int = 0
+    nbytes: int = 0
+    class_name: str | None = None
+
+    def signature(self) -> tuple[Any, ...]:
+        """Structure of the subtree (relative names, shapes, dtypes), to spot repeated blocks."""
+        own = tuple((t.key.rsplit(".", 1)[-1], t.shape, t.dtype) for t in self.tensors)
+        return (self.class_name, own, tuple((n, c.signature()) for n, c in self.children.items()))
+
+
+def build_tree(entries: list[TensorEntry], modules: dict[str, str] | None = None) -> ModuleNode:
+    """Group tensors by module path; totals per module."""
+    root = ModuleNode("", "")
+    modules = modules or {}
+    root.class_name = modules.get("")
+    for e in entries:
+        parts = e.key.split(".")
+        node = root
+        for i, part in enumerate(parts[:-1]):
+            if part not in node.children:
+                path = ".".join(parts[: i + 1])
+                node.children[part] = ModuleNode(part, path, class_name=modules.get(path))
+            node = node.children[part]
+        node.tensors.append(e)
+    _totals(root)
+    return root
+
+
+def _totals(root: ModuleNode) -> None:
+    # post-order without recursion
+    order: list[ModuleNode] = []
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        order.append(n)
+        stack.extend(n.children.values())
+    for n in reversed(order):
+        n.numel = sum(t.numel for t in n.tensors) + sum(c.numel for c in n.children.values())
+        n.nbytes = sum(t.nbytes for t in n.tensors) + sum(c.nbytes for c in n.children.values())
+
+
+def select(entries: dict[str, TensorEntry], pattern: str | None) -> list[TensorEntry]:
+    """Entries whose key matches a shell-style glob (all when pattern is None)."""
+    values = list(entries.values())
+    if pattern is None:
+        return values
+    return [e for e in values if fnmatch.fnmatchcase(e.key, pattern)]
+
+
+def shared_groups(ckpt: Checkpoint) -> list[list[str]]:
+    """Keys whose tensors share one storage (tied weights, views)."""
+    by_storage: dict[int, list[str]] = {}
+    for key, e in ckpt.tensors.items():
+        if e.record.storage is not None:
+            by_storage.setdefault(id(e.record.storage), []).append(key)
+    return [keys for keys in by_storage.values() if len(keys) > 1]
+
+
+def top_level_shares(ckpt: Checkpoint) -> list[dict[str, Any]]:
+    """Parameter elements per top-level module, largest first."""
+    counts: Counter[str] = Counter()
+    for e in ckpt.tensors.values():
+        if e.kind == "parameter":
+            counts[e.key.split(".", 1)[0] if "." in e.key else "(root)"] += e.numel
+    total = sum(counts.values()) or 1
+    return [
+        {"module": name, "params": n, "share": n / total}
+        for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], natural_key(kv[0])))
+    ]
+
+
+def tensor_json(e: TensorEntry) -> dict[str, Any]:
+    rec: TensorRecord = e.record
+    return {
+        "key": e.key,
+        "shape": list(rec.shape),
+        "dtype": rec.dtype,
+        "numel": rec.numel,
+        "bytes": rec.nbytes,
+        "kind": e.kind,
+        "device": rec.device,
+        "requires_grad": rec.requires_grad if rec.is_parameter else None,
+    }
+
+
+def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> dict[str, Any]:
+    """Everything `ckpt inspect` shows, as plain data."""
+    entries = select(ckpt.tensors, pattern)
+    params = [e for e in ckpt.tensors.values() if e.kind == "parameter"]
+    buffers = [e for e in ckpt.tensors.values() if e.kind == "buffer"]
+    by_dtype: Counter[str] = Counter()
+    devices: Counter[str] = Counter()
+    for e in ckpt.tensors.values():
+        by_dtype[e.dtype] += e.nbytes
+        devices[e.record.device] += 1
+    prefix = detect_prefix(ckpt.tensors)
+    suggestion = prefix.suggestion.format(path=ckpt.path) if prefix.suggestion else None
+    frozen = ckpt.frozen
+    trainable = sum(e.numel for e in params if e.key not in set(frozen))
+    return {
+        "file": str(ckpt.path),
+        "format": ckpt.format,
+        "layout": ckpt.layout,
+        "framework": ckpt.framework,
+        "size_bytes": ckpt.size_bytes,
+        "weights": {
+            "key": ckpt.weights_key,
+            "candidates": ckpt.weight_sets,
+            "hint": (
+                f"several weight sets; choose with --weights ({', '.join(ckpt.weight_sets)})"
+                if len(ckpt.weight_sets) > 1 else None
+            ),
+        },
+        "extras": ckpt.extras,
+        "num_tensors": len(ckpt.tensors),
+        "num_params": sum(e.numel for e in params),
+        "num_buffer_elements": sum(e.numel for e in buffers),
+        "param_kinds_inferred": not ckpt.frozen_recorded and ckpt.layout != "module",
+        "bytes_by_dtype": dict(sorted(by_dtype.items())),
+        "tensor_bytes": sum(by_dtype.values()),
+        "devices": dict(devices),
+        "prefix": {
+            "prefix": prefix.prefix or None,
+            "counts": prefix.counts,
+            "partial": prefix.partial,
+            "lightning": prefix.lightning,
+            "suggest": suggestion,
+        },
+        "shared": shared_groups(ckpt),
+        "trainable": {
+            "recorded": ckpt.frozen_recorded,
+            "trainable_params": trainable,
+            "frozen_params": sum(e.numel for e in params) - trainable,
+            "frozen_keys": frozen,
+            "bn_eval": ckpt.bn_eval,
+        },
+        "refused_globals": [
+            {"name": g.name, "dangerous": g.kind == "dangerous", "count": g.count}
+            for g in sorted(ckpt.refused, key=lambda g: (g.kind != "dangerous", g.name))
+        ],
+        "modules": ckpt.modules,
+        "metadata": ckpt.metadata,
+        "top_level": top_level_shares(ckpt),
+        "filter": pattern,
+        "tensors": [tensor_json(e) for e in entries],
+    }
+
+
+def tensor_stats(ckpt: Checkpoint, entries: list[TensorEntry]) -> dict[str, dict[str, Any]]:
+    """min/max/mean/std and NaN/Inf counts, reading one tensor at a time."""
+    import torch
+
+    from .tensors import TensorReader
+
+    out: dict[str, dict[str, Any]] = {}
+    with TensorReader(ckpt) as reader:
+        for e in entries:
+            t = reader.read(e)
+            if t.numel() == 0:
+                out[e.key] = {"min": None, "max": None, "mean": None, "std": None,
+                              "nan": 0, "inf": 0}
+                continue
+            x = t.abs().double() if t.is_complex() else t.double()
+            nan = int(torch.isnan(x).sum())
+            inf = int(torch.isinf(x).sum())
+            finite = x[torch.isfinite(x)]
+            if finite.numel() == 0:
+                out[e.key] = {"min": None, "max": None, "mean": None, "std": None,
+                              "nan": nan, "inf": inf}
+                continue
+            out[e.key] = {
+                "min": float(finite.min()),
+                "max": float(finite.max()),
+                "mean": float(finite.mean()),
+                "std": float(finite.std()) if finite.numel() > 1 else 0.0,
+                "nan": nan,
+                "inf": inf,
+            }
+            del t, x, finite
+    return out

@@ -1,0 +1,254 @@
+"""The only place that prints: rich tables, trees and bars for people, JSON for programs."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from .inspect import ModuleNode, natural_key
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False)
+
+
+def safe(text: object) -> str:
+    """A name from a file made printable: control characters shown as escapes, markup escaped."""
+    cleaned = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    return escape(cleaned)
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str) -> None:
+    """One line on stderr."""
+    line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message)
+    sys.stderr.write(f"error: {line}\n")
+    sys.stderr.flush()
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {safe(message)}")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def human_count(n: int) -> str:
+    if n >= 1_000_000_000:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    if n >= 10_000:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def bar(share: float, width: int = 30) -> str:
+    """A horizontal bar for a share in [0, 1], with eighth-block resolution."""
+    eighths = round(max(0.0, min(1.0, share)) * width * 8)
+    full, rest = divmod(eighths, 8)
+    return "█" * full + ("" if rest == 0 else " ▏▎▍▌▋▊▉"[rest])
+
+
+# --- inspect ----------------------------------------------------------------------------------
+
+
+def _header_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = [
+        ("file", safe(r["file"])),
+        ("format", r["format"]),
+        ("layout", r["layout"] + (f" ({r['framework']})" if r["framework"] else "")),
+        ("size", human_bytes(r["size_bytes"])),
+    ]
+    w = r["weights"]
+    if w["key"] is not None:
+        text = f"under [bold]{safe(w['key'])}[/]"
+        others = [c for c in w["candidates"] if c != w["key"]]
+        if others:
+            text += f"  (also: {safe(', '.join(others))}; choose with --weights)"
+        rows.append(("weights", text))
+    kinds = "" if not r["param_kinds_inferred"] else "  [dim](parameter/buffer split by name)[/]"
+    rows.append((
+        "tensors",
+        f"{r['num_tensors']}  ({r['num_params']:,} parameters, "
+        f"{r['num_buffer_elements']:,} buffer elements){kinds}",
+    ))
+    rows.append(("dtypes", "  ".join(f"{d} {human_bytes(b)}"
+                                     for d, b in r["bytes_by_dtype"].items()) or "-"))
+    rows.append(("devices", ", ".join(f"{safe(d)} ({n})" for d, n in r["devices"].items()) or "-"))
+    p = r["prefix"]
+    if p["prefix"]:
+        rows.append(("prefix", f"[bold]{safe(p['prefix'])}[/] on every key  →  "
+                               f"[cyan]{safe(p['suggest'])}[/]"))
+    elif p["lightning"]:
+        rows.append(("prefix", f"Lightning [bold]model.[/] on every key  →  "
+                               f"[cyan]{safe(p['suggest'])}[/]"))
+    elif p["partial"]:
+        counts = ", ".join(f"{safe(k)} on {n}" for k, n in p["counts"].items())
+        rows.append(("prefix", f"[yellow]partial[/]: {counts} of {p['prefix'] or ''}"
+                               f"{sum(p['counts'].values())}/{r['num_tensors']} keys"))
+    else:
+        rows.append(("prefix", "none"))
+    rows.append(("shared", "; ".join(" = ".join(safe(k) for k in g) for g in r["shared"])
+                 or "none"))
+    t = r["trainable"]
+    if t["recorded"]:
+        text = f"{t['trainable_params']:,} trainable, {t['frozen_params']:,} frozen"
+        if t["bn_eval"]:
+            text += f"; BatchNorm kept in eval: {len(t['bn_eval'])} layers"
+    else:
+        text = "not recorded (plain tensors: all parameters would train)"
+    rows.append(("trainable", text))
+    refused = r["refused_globals"]
+    dangerous = [g["name"] for g in refused if g["dangerous"]]
+    unknown = [g["name"] for g in refused if not g["dangerous"]]
+    if dangerous:
+        rows.append(("unsafe", f"[bold red]DANGEROUS callables refused: "
+                               f"{safe(', '.join(dangerous))}[/]  (nothing was run; "
+                               "see `ckpt scan`)"))
+    if unknown:
+        more = f" +{len(unknown) - 6} more" if len(unknown) > 6 else ""
+        rows.append(("classes", f"{safe(', '.join(unknown[:6]))}{more}  "
+                                "[dim](recorded, not imported)[/]"))
+    if not refused:
+        rows.append(("unsafe", "none"))
+    if r["extras"]:
+        items = list(r["extras"].items())
+        shown = ", ".join(f"{safe(k)}: {safe(v)}" for k, v in items[:8])
+        more = f" +{len(items) - 8} more" if len(items) > 8 else ""
+        rows.append(("other", shown + more))
+    if r["metadata"]:
+        rows.append(("metadata", safe(", ".join(f"{k}={v}" for k, v in
+                                                list(r["metadata"].items())[:6]))))
+    return rows
+
+
+def inspect_header(r: dict[str, Any]) -> None:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in _header_rows(r):
+        table.add_row(k, v)
+    out.print(table)
+
+
+def _tensor_line(t: Any, name: str, stats: dict[str, Any] | None) -> str:
+    line = (f"{safe(name)}  [cyan]{list(t.shape)}[/]  {t.dtype}  "
+            f"[dim]{human_count(t.numel)}[/]")
+    if t.kind == "parameter" and t.record.is_parameter and not t.record.requires_grad:
+        line += "  [blue]frozen[/]"
+    if t.kind == "buffer":
+        line += "  [dim]buffer[/]"
+    s = (stats or {}).get(t.key)
+    if s is not None:
+        line += "  " + stats_text(s)
+    return line
+
+
+def stats_text(s: dict[str, Any]) -> str:
+    if s["min"] is None:
+        text = "[dim]no finite values[/]"
+    else:
+        text = (f"[dim]min[/] {s['min']:.4g} [dim]max[/] {s['max']:.4g} "
+                f"[dim]mean[/] {s['mean']:.4g} [dim]std[/] {s['std']:.4g}")
+    if s["nan"] or s["inf"]:
+        text += f"  [bold red]NaN {s['nan']} Inf {s['inf']}[/]"
+    return text
+
+
+def _node_label(node: ModuleNode) -> str:
+    cls = f"  [magenta]{safe(node.class_name.rsplit('.', 1)[-1])}[/]" if node.class_name else ""
+    return f"[bold]{safe(node.name)}[/]{cls}  [dim]{human_count(node.numel)} elements[/]"
+
+
+def _runs(children: list[ModuleNode]) -> list[list[ModuleNode]]:
+    """Consecutive children with the same structure, grouped (layer1.1 ... layer1.5)."""
+    runs: list[list[ModuleNode]] = []
+    for c in children:
+        if runs and c.name.isdigit() and runs[-1][-1].name.isdigit() and \
+                runs[-1][-1].signature() == c.signature():
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return runs
+
+
+def module_tree(root: ModuleNode, depth: int | None, stats: dict[str, Any] | None = None,
+                title: str = "") -> Tree:
+    tree = Tree(title or "[bold]weights[/]")
+    stack: list[tuple[ModuleNode, Tree, int]] = [(root, tree, 0)]
+    while stack:
+        node, branch, level = stack.pop()
+        for t in node.tensors:
+            branch.add(_tensor_line(t, t.key.rsplit(".", 1)[-1], stats))
+        pending: list[tuple[ModuleNode, Tree, int]] = []
+        children = sorted(node.children.values(), key=lambda c: natural_key(c.name))
+        for run in _runs(children):
+            first = run[0]
+            label = _node_label(first)
+            if len(run) > 1:
+                label = (f"[bold]{safe(first.name)}[/]  [magenta]×{len(run)} identical "
+                         f"blocks {safe(first.name)}–{safe(run[-1].name)}[/]  "
+                         f"[dim]{human_count(first.numel)} elements each[/]")
+            sub = branch.add(label)
+            if depth is None or level + 1 < depth:
+                pending.append((first, sub, level + 1))
+        stack.extend(reversed(pending))
+    return tree
+
+
+def keys_table(tensors: list[Any], stats: dict[str, Any] | None = None) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for col in ("key", "shape", "dtype", "numel", "kind"):
+        table.add_column(col, justify="right" if col == "numel" else "left")
+    if stats:
+        table.add_column("stats")
+    for t in tensors:
+        row = [safe(t.key), str(list(t.shape)), t.dtype, f"{t.numel:,}", t.kind]
+        if stats:
+            row.append(stats_text(stats[t.key]) if t.key in stats else "")
+        table.add_row(*row)
+    return table
+
+
+def share_bars(rows: list[dict[str, Any]], label: str = "parameters by top-level module") -> None:
+    if not rows:
+        return
+    table = Table(box=None, title=label, title_justify="left", title_style="bold",
+                  pad_edge=False)
+    table.add_column("module")
+    table.add_column("params", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("")
+    shown = rows[:12]
+    for row in shown:
+        table.add_row(safe(row["module"]), human_count(row["params"]),
+                      f"{row['share'] * 100:.1f}%", Text(bar(row["share"]), style="green"))
+    if len(rows) > len(shown):
+        rest = rows[len(shown):]
+        table.add_row(f"({len(rest)} more)", human_count(sum(r["params"] for r in rest)),
+                      f"{sum(r['share'] for r in rest) * 100:.1f}%", "")
+    out.print(table)
+
+
+def show(renderable: Any) -> None:
+    out.print(renderable)

@@ -1,0 +1,112 @@
+"""Tensor bytes: materialise one tensor at a time from its file location (imports torch)."""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import UnreadableCheckpoint, UnsafeCheckpoint
+from .formats import dcp
+from .formats.safe_pickle import DTYPE_SIZES
+
+if TYPE_CHECKING:
+    import torch
+
+    from .checkpoint import Checkpoint, TensorEntry
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise UnreadableCheckpoint(f"dtype {name!r} is not supported by this torch")
+    return dtype
+
+
+class TensorReader:
+    """Reads tensors of one checkpoint from memory-mapped files (copy-on-write, never written)."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._dcp: dict[str, Any] | None = None
+
+    def _map(self, path: Path) -> mmap.mmap:
+        if path not in self._maps:
+            with open(path, "rb") as f:
+                self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        return self._maps[path]
+
+    def read(self, entry: TensorEntry) -> torch.Tensor:
+        """The tensor as torch would load it (on CPU), sharing no memory with other reads."""
+        import torch
+
+        rec = entry.record
+        if rec.rebuild == "dcp":
+            return self._read_dcp(entry.key)
+        if rec.inline is not None:
+            flat = torch.frombuffer(bytearray(rec.inline), dtype=torch_dtype(rec.dtype))
+            return flat.reshape(rec.shape).clone() if rec.numel else flat.reshape(rec.shape)
+        storage = rec.storage
+        assert storage is not None
+        loc = self.ckpt.locate(storage)
+        if storage.nbytes > loc.available:
+            raise UnreadableCheckpoint(
+                f"{self.ckpt.path}: storage {storage.key} is shorter than the tensor it holds"
+            )
+        if storage.nbytes == 0 or rec.numel == 0:
+            return torch.empty(rec.shape, dtype=torch_dtype(rec.dtype))
+        raw = torch.frombuffer(self._map(loc.path), dtype=torch.uint8, count=storage.nbytes,
+                               offset=loc.offset)
+        flat = raw.view(torch_dtype(rec.dtype))
+        view = flat.as_strided(rec.shape, rec.stride, rec.offset * DTYPE_SIZES[storage.dtype]
+                               // DTYPE_SIZES[rec.dtype])
+        return view.clone()
+
+    def _read_dcp(self, key: str) -> torch.Tensor:
+        if self._dcp is None:
+            self._dcp = load_dcp_state_dict(self.ckpt.path)
+        value = self._dcp.get(key)
+        if value is None:
+            raise UnreadableCheckpoint(f"{self.ckpt.path}: DCP item {key!r} could not be read")
+        return value  # type: ignore[no-any-return]
+
+    def iter(self) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+        for entry in self.ckpt.tensors.values():
+            yield entry, self.read(entry)
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_dcp_state_dict(folder: Path) -> dict[str, Any]:
+    """All tensors of a DCP folder, through torch's own reader, after our safety check."""
+    index = dcp.read_dcp(folder)
+    bad = dcp.unexpected_globals(index)
+    if bad:
+        raise UnsafeCheckpoint(
+            f"{folder}/.metadata names {bad[0].name}, which no DCP metadata uses; refused "
+            "(run `ckpt scan` on it)"
+        )
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    state: dict[str, Any] = {}
+    try:
+        _load_state_dict(state, storage_reader=FileSystemReader(str(folder)),
+                         planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    except Exception as exc:  # torch's reader raises many types for a damaged folder
+        raise UnreadableCheckpoint(f"{folder}: DCP data could not be read ({exc})") from None
+    return state
