@@ -86,12 +86,13 @@ def shared_groups(ckpt: Checkpoint) -> list[list[str]]:
     return [keys for keys in by_storage.values() if len(keys) > 1]
 
 
-def top_level_shares(ckpt: Checkpoint) -> list[dict[str, Any]]:
-    """Parameter elements per top-level module, largest first."""
+def top_level_shares(ckpt: Checkpoint, strip: str = "") -> list[dict[str, Any]]:
+    """Parameter elements per top-level module (below a wrapper prefix), largest first."""
     counts: Counter[str] = Counter()
     for e in ckpt.tensors.values():
         if e.kind == "parameter":
-            counts[e.key.split(".", 1)[0] if "." in e.key else "(root)"] += e.numel
+            key = e.key[len(strip):] if strip and e.key.startswith(strip) else e.key
+            counts[key.split(".", 1)[0] if "." in key else "(root)"] += e.numel
     total = sum(counts.values()) or 1
     return [
         {"module": name, "params": n, "share": n / total}
@@ -170,7 +171,9 @@ def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> dict[str, An
         ],
         "modules": ckpt.modules,
         "metadata": ckpt.metadata,
-        "top_level": top_level_shares(ckpt),
+        "top_level": top_level_shares(
+            ckpt, prefix.prefix or ("model." if prefix.lightning else "")
+        ),
         "filter": pattern,
         "tensors": [tensor_json(e) for e in entries],
     }

@@ -17,7 +17,8 @@ from .inspect import ModuleNode, natural_key
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-out = Console(highlight=False, soft_wrap=False)
+# Piped output gets a fixed, wide layout instead of rich's 80-column default.
+out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, highlight=False)
 
 
@@ -221,7 +222,7 @@ def keys_table(tensors: list[Any], stats: dict[str, Any] | None = None) -> Table
     for col in ("key", "shape", "dtype", "numel", "kind"):
         table.add_column(col, justify="right" if col == "numel" else "left")
     if stats:
-        table.add_column("stats")
+        table.add_column("stats", no_wrap=True)
     for t in tensors:
         row = [safe(t.key), str(list(t.shape)), t.dtype, f"{t.numel:,}", t.kind]
         if stats:

@@ -20,6 +20,7 @@ DCP_METADATA_CLASSES = frozenset(
         "torch.distributed.checkpoint.metadata.TensorProperties",
         "torch.distributed.checkpoint.metadata.MetadataIndex",
         "torch.distributed.checkpoint.metadata.StorageMeta",
+        "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING",
         "torch.distributed.checkpoint.filesystem._StorageInfo",
         "torch.distributed.checkpoint.planner.LoadItemType",
         "torch.distributed.checkpoint.planner.WriteItemType",
@@ -74,8 +75,8 @@ def read_dcp(folder: Path) -> DCPIndex:
         raise UnreadableCheckpoint(f"{meta_path}: cannot read ({exc.strerror})") from None
     result = safe_loads(data, str(meta_path))
     for name, ref in result.globals.items():
-        if ref.kind != "safe" and name not in DCP_METADATA_CLASSES:
-            ref.kind = "dangerous" if ref.kind == "dangerous" else "unknown"
+        if name in DCP_METADATA_CLASSES:
+            ref.kind = "safe"  # inert records of the classes a genuine DCP file uses
     root = fields(result.root)
     sd_meta = root.get("state_dict_metadata")
     if not isinstance(sd_meta, dict):
@@ -86,9 +87,11 @@ def read_dcp(folder: Path) -> DCPIndex:
     other: list[str] = []
     for key, item in sd_meta.items():
         f = fields(item)
-        props = fields(f.get("properties"))
+        props = f.get("properties")
         size = f.get("size")
-        dtype = props.get("dtype")
+        # TensorProperties pickles its state as a tuple (dtype, layout, requires_grad, ...)
+        state = props.state if isinstance(props, Inert) else None
+        dtype = (state[0] if isinstance(state, tuple) and state else fields(props).get("dtype"))
         if isinstance(size, tuple) and isinstance(dtype, DType):
             chunks = f.get("chunks")
             tensors.append(DCPEntry(str(key), dtype.name, tuple(size),
@@ -100,7 +103,4 @@ def read_dcp(folder: Path) -> DCPIndex:
 
 def unexpected_globals(index: DCPIndex) -> list[GlobalRef]:
     """Globals in `.metadata` outside the DCP classes and our allowlist."""
-    return [
-        g for g in index.pickle.globals.values()
-        if g.kind != "safe" and g.name not in DCP_METADATA_CLASSES
-    ]
+    return [g for g in index.pickle.globals.values() if g.kind != "safe"]
