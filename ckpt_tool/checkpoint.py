@@ -154,7 +154,8 @@ class Checkpoint:
         if not self.frozen_recorded:
             return []
         return [
-            k for k, t in self.tensors.items()
+            k
+            for k, t in self.tensors.items()
             if t.kind == "parameter" and not t.record.requires_grad
         ]
 
@@ -176,9 +177,8 @@ def children(obj: Any) -> Iterator[Any]:
         yield from obj.listitems
         yield from obj.dictitems.keys()
         yield from obj.dictitems.values()
-    elif isinstance(obj, TensorRecord):
-        if obj.storage is not None:
-            yield obj.storage
+    elif isinstance(obj, TensorRecord) and obj.storage is not None:
+        yield obj.storage
 
 
 def walk(root: Any) -> Iterator[Any]:
@@ -332,8 +332,9 @@ def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) ->
             )
     elif isinstance(root, dict):
         ckpt.framework = _framework(root)
-        ckpt.weight_sets = [str(k) for k in root if str(k) in WEIGHT_KEYS and
-                            _holds_weights(root[k])]
+        ckpt.weight_sets = [
+            str(k) for k in root if str(k) in WEIGHT_KEYS and _holds_weights(root[k])
+        ]
         # Other dict entries holding state_dicts also count when the user names them.
         if weights is not None:
             if weights not in {str(k) for k in root} or not _holds_weights(root[weights]):
@@ -358,9 +359,7 @@ def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) ->
         else:
             records = _tensor_dict(root)
             ckpt.layout = "state_dict" if records else "other"
-            ckpt.extras = {
-                str(k): _describe(v) for k, v in root.items() if _as_record(v) is None
-            }
+            ckpt.extras = {str(k): _describe(v) for k, v in root.items() if _as_record(v) is None}
     elif _as_record(root) is not None:
         ckpt.layout = "tensor"
         rec = _as_record(root)
@@ -405,7 +404,7 @@ def _check_view(ckpt: Checkpoint, rec: TensorRecord) -> None:
         raise UnreadableCheckpoint(f"{ckpt.path}: tensor with malformed strides {rec.stride}")
     if rec.numel == 0:
         return
-    extent = rec.offset + sum((d - 1) * s for d, s in zip(rec.shape, rec.stride)) + 1
+    extent = rec.offset + sum((d - 1) * s for d, s in zip(rec.shape, rec.stride, strict=False)) + 1
     if extent * DTYPE_SIZES[rec.dtype] > rec.storage.nbytes:
         raise UnreadableCheckpoint(
             f"{ckpt.path}: a tensor of shape {list(rec.shape)} reaches past the end of its "
@@ -492,8 +491,9 @@ def _load_pickle(ckpt: Checkpoint, weights: str | None) -> None:
     _from_pickle(ckpt, result, weights)
 
 
-def _safetensors_records(ckpt: Checkpoint, header: safetensors_io.STHeader,
-                         records: dict[str, TensorRecord]) -> None:
+def _safetensors_records(
+    ckpt: Checkpoint, header: safetensors_io.STHeader, records: dict[str, TensorRecord]
+) -> None:
     for t in header.tensors:
         numel = t.nbytes // DTYPE_SIZES[t.dtype] if DTYPE_SIZES.get(t.dtype) else t.nbytes
         storage_key = f"{header.path.name}:{t.name}"
@@ -581,7 +581,7 @@ def _load_dcp(ckpt: Checkpoint, weights: str | None) -> None:
             acc *= d
         records[e.key] = TensorRecord(None, 0, e.shape, tuple(stride), e.dtype, rebuild="dcp")
     ckpt.tensors = _entries(records, None)
-    ckpt.extras = {k: "non-tensor item" for k in index.other_items}
+    ckpt.extras = dict.fromkeys(index.other_items, "non-tensor item")
     ckpt.files = sorted(p for p in ckpt.path.iterdir() if p.is_file())
     if weights is not None:
         raise WeightsNotFound(f"{ckpt.path}: --weights is not supported for DCP folders")
@@ -592,7 +592,8 @@ def load(path: str | Path, weights: str | None = None) -> Checkpoint:
     p = Path(path)
     fmt = detect(p)
     size = (
-        sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir()
+        sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        if p.is_dir()
         else p.stat().st_size
     )
     ckpt = Checkpoint(path=p, format=fmt, layout="state_dict", size_bytes=size, tensors={})

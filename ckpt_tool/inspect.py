@@ -91,7 +91,7 @@ def top_level_shares(ckpt: Checkpoint, strip: str = "") -> list[dict[str, Any]]:
     counts: Counter[str] = Counter()
     for e in ckpt.tensors.values():
         if e.kind == "parameter":
-            key = e.key[len(strip):] if strip and e.key.startswith(strip) else e.key
+            key = e.key[len(strip) :] if strip and e.key.startswith(strip) else e.key
             counts[key.split(".", 1)[0] if "." in key else "(root)"] += e.numel
     total = sum(counts.values()) or 1
     return [
@@ -139,7 +139,8 @@ def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> dict[str, An
             "candidates": ckpt.weight_sets,
             "hint": (
                 f"several weight sets; choose with --weights ({', '.join(ckpt.weight_sets)})"
-                if len(ckpt.weight_sets) > 1 else None
+                if len(ckpt.weight_sets) > 1
+                else None
             ),
         },
         "extras": ckpt.extras,
@@ -190,16 +191,28 @@ def tensor_stats(ckpt: Checkpoint, entries: list[TensorEntry]) -> dict[str, dict
         for e in entries:
             t = reader.read(e)
             if t.numel() == 0:
-                out[e.key] = {"min": None, "max": None, "mean": None, "std": None,
-                              "nan": 0, "inf": 0}
+                out[e.key] = {
+                    "min": None,
+                    "max": None,
+                    "mean": None,
+                    "std": None,
+                    "nan": 0,
+                    "inf": 0,
+                }
                 continue
             x = t.abs().double() if t.is_complex() else t.double()
             nan = int(torch.isnan(x).sum())
             inf = int(torch.isinf(x).sum())
             finite = x[torch.isfinite(x)]
             if finite.numel() == 0:
-                out[e.key] = {"min": None, "max": None, "mean": None, "std": None,
-                              "nan": nan, "inf": inf}
+                out[e.key] = {
+                    "min": None,
+                    "max": None,
+                    "mean": None,
+                    "std": None,
+                    "nan": nan,
+                    "inf": inf,
+                }
                 continue
             out[e.key] = {
                 "min": float(finite.min()),

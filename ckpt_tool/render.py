@@ -88,29 +88,46 @@ def _header_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
             text += f"  (also: {safe(', '.join(others))}; choose with --weights)"
         rows.append(("weights", text))
     kinds = "" if not r["param_kinds_inferred"] else "  [dim](parameter/buffer split by name)[/]"
-    rows.append((
-        "tensors",
-        f"{r['num_tensors']}  ({r['num_params']:,} parameters, "
-        f"{r['num_buffer_elements']:,} buffer elements){kinds}",
-    ))
-    rows.append(("dtypes", "  ".join(f"{d} {human_bytes(b)}"
-                                     for d, b in r["bytes_by_dtype"].items()) or "-"))
+    rows.append(
+        (
+            "tensors",
+            f"{r['num_tensors']}  ({r['num_params']:,} parameters, "
+            f"{r['num_buffer_elements']:,} buffer elements){kinds}",
+        )
+    )
+    rows.append(
+        (
+            "dtypes",
+            "  ".join(f"{d} {human_bytes(b)}" for d, b in r["bytes_by_dtype"].items()) or "-",
+        )
+    )
     rows.append(("devices", ", ".join(f"{safe(d)} ({n})" for d, n in r["devices"].items()) or "-"))
     p = r["prefix"]
     if p["prefix"]:
-        rows.append(("prefix", f"[bold]{safe(p['prefix'])}[/] on every key  →  "
-                               f"[cyan]{safe(p['suggest'])}[/]"))
+        rows.append(
+            (
+                "prefix",
+                f"[bold]{safe(p['prefix'])}[/] on every key  →  [cyan]{safe(p['suggest'])}[/]",
+            )
+        )
     elif p["lightning"]:
-        rows.append(("prefix", f"Lightning [bold]model.[/] on every key  →  "
-                               f"[cyan]{safe(p['suggest'])}[/]"))
+        rows.append(
+            ("prefix", f"Lightning [bold]model.[/] on every key  →  [cyan]{safe(p['suggest'])}[/]")
+        )
     elif p["partial"]:
         counts = ", ".join(f"{safe(k)} on {n}" for k, n in p["counts"].items())
-        rows.append(("prefix", f"[yellow]partial[/]: {counts} of {p['prefix'] or ''}"
-                               f"{sum(p['counts'].values())}/{r['num_tensors']} keys"))
+        rows.append(
+            (
+                "prefix",
+                f"[yellow]partial[/]: {counts} of {p['prefix'] or ''}"
+                f"{sum(p['counts'].values())}/{r['num_tensors']} keys",
+            )
+        )
     else:
         rows.append(("prefix", "none"))
-    rows.append(("shared", "; ".join(" = ".join(safe(k) for k in g) for g in r["shared"])
-                 or "none"))
+    rows.append(
+        ("shared", "; ".join(" = ".join(safe(k) for k in g) for g in r["shared"]) or "none")
+    )
     t = r["trainable"]
     if t["recorded"]:
         text = f"{t['trainable_params']:,} trainable, {t['frozen_params']:,} frozen"
@@ -123,13 +140,19 @@ def _header_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     dangerous = [g["name"] for g in refused if g["dangerous"]]
     unknown = [g["name"] for g in refused if not g["dangerous"]]
     if dangerous:
-        rows.append(("unsafe", f"[bold red]DANGEROUS callables refused: "
-                               f"{safe(', '.join(dangerous))}[/]  (nothing was run; "
-                               "see `ckpt scan`)"))
+        rows.append(
+            (
+                "unsafe",
+                f"[bold red]DANGEROUS callables refused: "
+                f"{safe(', '.join(dangerous))}[/]  (nothing was run; "
+                "see `ckpt scan`)",
+            )
+        )
     if unknown:
         more = f" +{len(unknown) - 6} more" if len(unknown) > 6 else ""
-        rows.append(("classes", f"{safe(', '.join(unknown[:6]))}{more}  "
-                                "[dim](recorded, not imported)[/]"))
+        rows.append(
+            ("classes", f"{safe(', '.join(unknown[:6]))}{more}  [dim](recorded, not imported)[/]")
+        )
     if not refused:
         rows.append(("unsafe", "none"))
     if r["extras"]:
@@ -138,8 +161,9 @@ def _header_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         more = f" +{len(items) - 8} more" if len(items) > 8 else ""
         rows.append(("other", shown + more))
     if r["metadata"]:
-        rows.append(("metadata", safe(", ".join(f"{k}={v}" for k, v in
-                                                list(r["metadata"].items())[:6]))))
+        rows.append(
+            ("metadata", safe(", ".join(f"{k}={v}" for k, v in list(r["metadata"].items())[:6])))
+        )
     return rows
 
 
@@ -153,8 +177,7 @@ def inspect_header(r: dict[str, Any]) -> None:
 
 
 def _tensor_line(t: Any, name: str, stats: dict[str, Any] | None) -> str:
-    line = (f"{safe(name)}  [cyan]{list(t.shape)}[/]  {t.dtype}  "
-            f"[dim]{human_count(t.numel)}[/]")
+    line = f"{safe(name)}  [cyan]{list(t.shape)}[/]  {t.dtype}  [dim]{human_count(t.numel)}[/]"
     if t.kind == "parameter" and t.record.is_parameter and not t.record.requires_grad:
         line += "  [blue]frozen[/]"
     if t.kind == "buffer":
@@ -169,8 +192,10 @@ def stats_text(s: dict[str, Any]) -> str:
     if s["min"] is None:
         text = "[dim]no finite values[/]"
     else:
-        text = (f"[dim]min[/] {s['min']:.4g} [dim]max[/] {s['max']:.4g} "
-                f"[dim]mean[/] {s['mean']:.4g} [dim]std[/] {s['std']:.4g}")
+        text = (
+            f"[dim]min[/] {s['min']:.4g} [dim]max[/] {s['max']:.4g} "
+            f"[dim]mean[/] {s['mean']:.4g} [dim]std[/] {s['std']:.4g}"
+        )
     if s["nan"] or s["inf"]:
         text += f"  [bold red]NaN {s['nan']} Inf {s['inf']}[/]"
     return text
@@ -185,16 +210,21 @@ def _runs(children: list[ModuleNode]) -> list[list[ModuleNode]]:
     """Consecutive children with the same structure, grouped (layer1.1 ... layer1.5)."""
     runs: list[list[ModuleNode]] = []
     for c in children:
-        if runs and c.name.isdigit() and runs[-1][-1].name.isdigit() and \
-                runs[-1][-1].signature() == c.signature():
+        if (
+            runs
+            and c.name.isdigit()
+            and runs[-1][-1].name.isdigit()
+            and runs[-1][-1].signature() == c.signature()
+        ):
             runs[-1].append(c)
         else:
             runs.append([c])
     return runs
 
 
-def module_tree(root: ModuleNode, depth: int | None, stats: dict[str, Any] | None = None,
-                title: str = "") -> Tree:
+def module_tree(
+    root: ModuleNode, depth: int | None, stats: dict[str, Any] | None = None, title: str = ""
+) -> Tree:
     tree = Tree(title or "[bold]weights[/]")
     stack: list[tuple[ModuleNode, Tree, int]] = [(root, tree, 0)]
     while stack:
@@ -207,9 +237,11 @@ def module_tree(root: ModuleNode, depth: int | None, stats: dict[str, Any] | Non
             first = run[0]
             label = _node_label(first)
             if len(run) > 1:
-                label = (f"[bold]{safe(first.name)}[/]  [magenta]×{len(run)} identical "
-                         f"blocks {safe(first.name)}–{safe(run[-1].name)}[/]  "
-                         f"[dim]{human_count(first.numel)} elements each[/]")
+                label = (
+                    f"[bold]{safe(first.name)}[/]  [magenta]×{len(run)} identical "
+                    f"blocks {safe(first.name)}–{safe(run[-1].name)}[/]  "
+                    f"[dim]{human_count(first.numel)} elements each[/]"
+                )
             sub = branch.add(label)
             if depth is None or level + 1 < depth:
                 pending.append((first, sub, level + 1))
@@ -234,20 +266,27 @@ def keys_table(tensors: list[Any], stats: dict[str, Any] | None = None) -> Table
 def share_bars(rows: list[dict[str, Any]], label: str = "parameters by top-level module") -> None:
     if not rows:
         return
-    table = Table(box=None, title=label, title_justify="left", title_style="bold",
-                  pad_edge=False)
+    table = Table(box=None, title=label, title_justify="left", title_style="bold", pad_edge=False)
     table.add_column("module")
     table.add_column("params", justify="right")
     table.add_column("share", justify="right")
     table.add_column("")
     shown = rows[:12]
     for row in shown:
-        table.add_row(safe(row["module"]), human_count(row["params"]),
-                      f"{row['share'] * 100:.1f}%", Text(bar(row["share"]), style="green"))
+        table.add_row(
+            safe(row["module"]),
+            human_count(row["params"]),
+            f"{row['share'] * 100:.1f}%",
+            Text(bar(row["share"]), style="green"),
+        )
     if len(rows) > len(shown):
-        rest = rows[len(shown):]
-        table.add_row(f"({len(rest)} more)", human_count(sum(r["params"] for r in rest)),
-                      f"{sum(r['share'] for r in rest) * 100:.1f}%", "")
+        rest = rows[len(shown) :]
+        table.add_row(
+            f"({len(rest)} more)",
+            human_count(sum(r["params"] for r in rest)),
+            f"{sum(r['share'] for r in rest) * 100:.1f}%",
+            "",
+        )
     out.print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 
 import torch
@@ -43,7 +44,8 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer2(self.layer1(x))
-        return self.fc(out.reshape(out.size(0), -1))
+        logits: torch.Tensor = self.fc(out.reshape(out.size(0), -1))
+        return logits
 
 
 class ResBlock(nn.Module):
@@ -100,7 +102,8 @@ class ResNet34(nn.Module):
         # The seed used avg_pool2d(x, 7), which only works for 224x224 input; adaptive
         # pooling keeps the same result there and accepts small smoke-test images.
         x = F.adaptive_avg_pool2d(x, 1)
-        return self.fc(x.reshape(x.size(0), -1))
+        logits: torch.Tensor = self.fc(x.reshape(x.size(0), -1))
+        return logits
 
 
 class SigmoidNet(nn.Module):
@@ -109,7 +112,7 @@ class SigmoidNet(nn.Module):
     def __init__(self, in_features: int = 10, num_classes: int = 1) -> None:
         super().__init__()
         widths = [in_features, 10, 50, 10, 10, num_classes]
-        self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.fc) - 1

@@ -59,11 +59,13 @@ class TensorReader:
             )
         if storage.nbytes == 0 or rec.numel == 0:
             return torch.empty(rec.shape, dtype=torch_dtype(rec.dtype))
-        raw = torch.frombuffer(self._map(loc.path), dtype=torch.uint8, count=storage.nbytes,
-                               offset=loc.offset)
+        raw = torch.frombuffer(
+            self._map(loc.path), dtype=torch.uint8, count=storage.nbytes, offset=loc.offset
+        )
         flat = raw.view(torch_dtype(rec.dtype))
-        view = flat.as_strided(rec.shape, rec.stride, rec.offset * DTYPE_SIZES[storage.dtype]
-                               // DTYPE_SIZES[rec.dtype])
+        view = flat.as_strided(
+            rec.shape, rec.stride, rec.offset * DTYPE_SIZES[storage.dtype] // DTYPE_SIZES[rec.dtype]
+        )
         return view.clone()
 
     def _read_dcp(self, key: str) -> torch.Tensor:
@@ -99,14 +101,18 @@ def load_dcp_state_dict(folder: Path) -> dict[str, Any]:
             f"{folder}/.metadata names {bad[0].name}, which no DCP metadata uses; refused "
             "(run `ckpt scan` on it)"
         )
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     state: dict[str, Any] = {}
     try:
-        _load_state_dict(state, storage_reader=FileSystemReader(str(folder)),
-                         planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+        _load_state_dict(
+            state,
+            storage_reader=FileSystemReader(str(folder)),
+            planner=_EmptyStateDictLoadPlanner(),  # type: ignore[no-untyped-call]
+            no_dist=True,
+        )
     except Exception as exc:  # torch's reader raises many types for a damaged folder
         raise UnreadableCheckpoint(f"{folder}: DCP data could not be read ({exc})") from None
     return state

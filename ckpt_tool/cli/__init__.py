@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
+from ckpt_tool import __version__
+
 from .inspect_cmd import inspect
 
 app = typer.Typer(
@@ -27,8 +28,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Inspect and repair PyTorch checkpoints safely: nothing in a checkpoint runs."""
 

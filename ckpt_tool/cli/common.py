@@ -12,8 +12,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from .. import render
-from ..errors import EXIT_ERROR, CkptError
+from ckpt_tool import render
+from ckpt_tool.errors import EXIT_ERROR, CkptError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,9 +38,10 @@ def boundary(func: F) -> F:
         except Exception as exc:
             if os.environ.get("CKPT_DEBUG") == "1":
                 traceback.print_exc()
+            first = str(exc).splitlines()[0] if str(exc) else ""
             render.error(
-                f"internal error {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                " (a bug in ckpt: rerun with CKPT_DEBUG=1 and report the traceback)"
+                f"internal error {type(exc).__name__}: {first} "
+                "(a bug in ckpt: rerun with CKPT_DEBUG=1 and report the traceback)"
             )
             raise typer.Exit(EXIT_ERROR) from None
 
@@ -48,15 +49,23 @@ def boundary(func: F) -> F:
 
 
 InputArg = Annotated[
-    Path, typer.Argument(help="Checkpoint file or folder (.pth/.pt/.bin/.ckpt, .safetensors, "
-                               "sharded index, HF folder, DCP folder).", show_default=False)
+    Path,
+    typer.Argument(
+        help="Checkpoint file or folder (.pth/.pt/.bin/.ckpt, .safetensors, "
+        "sharded index, HF folder, DCP folder).",
+        show_default=False,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 WeightsOpt = Annotated[
     str | None,
-    typer.Option("--weights", "-w", metavar="KEY",
-                 help="Which weight set of a training checkpoint to use "
-                      "(e.g. state_dict_ema); inspect lists the candidates."),
+    typer.Option(
+        "--weights",
+        "-w",
+        metavar="KEY",
+        help="Which weight set of a training checkpoint to use "
+        "(e.g. state_dict_ema); inspect lists the candidates.",
+    ),
 ]
 
 

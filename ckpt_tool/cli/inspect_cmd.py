@@ -6,24 +6,35 @@ from typing import Annotated
 
 import typer
 
-from .. import render
-from ..checkpoint import load
-from ..inspect import build_tree, inspect_report, select, tensor_stats
+from ckpt_tool import render
+from ckpt_tool.checkpoint import load
+from ckpt_tool.inspect import build_tree, inspect_report, select, tensor_stats
+
 from .common import InputArg, JsonOpt, WeightsOpt, boundary
 
 
 @boundary
 def inspect(
     path: InputArg,
-    depth: Annotated[int | None, typer.Option("--depth", "-d", min=1,
-                                              help="Show the module tree N levels deep.")] = None,
-    filter: Annotated[str | None, typer.Option("--filter", "-f", metavar="GLOB",
-                                               help="Only keys matching a glob, e.g. 'layer1.*'.")
-                      ] = None,
-    keys: Annotated[bool, typer.Option("--keys", help="Flat listing of keys instead of the tree."
-                                       )] = False,
-    stats: Annotated[bool, typer.Option("--stats", help="Read tensor values (one at a time) and "
-                                        "add min/max/mean/std and NaN/Inf counts.")] = False,
+    depth: Annotated[
+        int | None, typer.Option("--depth", "-d", min=1, help="Show the module tree N levels deep.")
+    ] = None,
+    filter: Annotated[
+        str | None,
+        typer.Option(
+            "--filter", "-f", metavar="GLOB", help="Only keys matching a glob, e.g. 'layer1.*'."
+        ),
+    ] = None,
+    keys: Annotated[
+        bool, typer.Option("--keys", help="Flat listing of keys instead of the tree.")
+    ] = False,
+    stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats",
+            help="Read tensor values (one at a time) and add min/max/mean/std and NaN/Inf counts.",
+        ),
+    ] = False,
     weights: WeightsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:

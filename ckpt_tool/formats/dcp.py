@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnreadableCheckpoint
+from ckpt_tool.errors import UnreadableCheckpoint
+
 from .safe_pickle import DType, GlobalRef, Inert, PickleResult, safe_loads
 
 # The classes a genuine DCP `.metadata` pickle names; anything else there is refused before
@@ -81,7 +82,8 @@ def read_dcp(folder: Path) -> DCPIndex:
     sd_meta = root.get("state_dict_metadata")
     if not isinstance(sd_meta, dict):
         raise UnreadableCheckpoint(
-            f"{meta_path}: not a torch.distributed.checkpoint metadata file (no state_dict_metadata)"
+            f"{meta_path}: not a torch.distributed.checkpoint metadata file "
+            "(no state_dict_metadata)"
         )
     tensors: list[DCPEntry] = []
     other: list[str] = []
@@ -91,11 +93,17 @@ def read_dcp(folder: Path) -> DCPIndex:
         size = f.get("size")
         # TensorProperties pickles its state as a tuple (dtype, layout, requires_grad, ...)
         state = props.state if isinstance(props, Inert) else None
-        dtype = (state[0] if isinstance(state, tuple) and state else fields(props).get("dtype"))
+        dtype = state[0] if isinstance(state, tuple) and state else fields(props).get("dtype")
         if isinstance(size, tuple) and isinstance(dtype, DType):
             chunks = f.get("chunks")
-            tensors.append(DCPEntry(str(key), dtype.name, tuple(size),
-                                    len(chunks) if isinstance(chunks, list) else 1))
+            tensors.append(
+                DCPEntry(
+                    str(key),
+                    dtype.name,
+                    tuple(size),
+                    len(chunks) if isinstance(chunks, list) else 1,
+                )
+            )
         else:
             other.append(str(key))
     return DCPIndex(folder, tensors, other, result)

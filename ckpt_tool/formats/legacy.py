@@ -6,7 +6,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UnreadableCheckpoint
+from ckpt_tool.errors import UnreadableCheckpoint
+
 from .safe_pickle import DTYPE_SIZES, GlobalRef, PickleResult, safe_load_stream
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

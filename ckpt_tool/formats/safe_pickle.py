@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..errors import UnreadableCheckpoint
+from ckpt_tool.errors import UnreadableCheckpoint
 
 # --- dtypes -------------------------------------------------------------------------------
 
@@ -214,19 +214,113 @@ def global_name(obj: Any) -> str | None:
 # --- classification ----------------------------------------------------------------------------
 
 DANGEROUS_MODULES = frozenset(
-    """os posix nt subprocess sys runpy importlib pickle _pickle cPickle marshal socket shutil
-    ctypes pty code codeop multiprocessing webbrowser urllib urllib2 requests http httplib
-    ftplib telnetlib smtplib asyncio signal types pip setuptools distutils pkgutil zipimport
-    site imp pdb bdb timeit trace profile cProfile idlelib commands popen2 platform tempfile
-    io _io pathlib glob fileinput dill joblib cloudpickle operator functools _operator
-    _functools inspect threading _thread gc weakref sysconfig ensurepip venv linecache
-    tarfile zipfile sqlite3 mmap fcntl resource selectors ssl xmlrpc paramiko
-    """.split()
+    [
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "sys",
+        "runpy",
+        "importlib",
+        "pickle",
+        "_pickle",
+        "cPickle",
+        "marshal",
+        "socket",
+        "shutil",
+        "ctypes",
+        "pty",
+        "code",
+        "codeop",
+        "multiprocessing",
+        "webbrowser",
+        "urllib",
+        "urllib2",
+        "requests",
+        "http",
+        "httplib",
+        "ftplib",
+        "telnetlib",
+        "smtplib",
+        "asyncio",
+        "signal",
+        "types",
+        "pip",
+        "setuptools",
+        "distutils",
+        "pkgutil",
+        "zipimport",
+        "site",
+        "imp",
+        "pdb",
+        "bdb",
+        "timeit",
+        "trace",
+        "profile",
+        "cProfile",
+        "idlelib",
+        "commands",
+        "popen2",
+        "platform",
+        "tempfile",
+        "io",
+        "_io",
+        "pathlib",
+        "glob",
+        "fileinput",
+        "dill",
+        "joblib",
+        "cloudpickle",
+        "operator",
+        "functools",
+        "_operator",
+        "_functools",
+        "inspect",
+        "threading",
+        "_thread",
+        "gc",
+        "weakref",
+        "sysconfig",
+        "ensurepip",
+        "venv",
+        "linecache",
+        "tarfile",
+        "zipfile",
+        "sqlite3",
+        "mmap",
+        "fcntl",
+        "resource",
+        "selectors",
+        "ssl",
+        "xmlrpc",
+        "paramiko",
+    ]
 )
 DANGEROUS_BUILTINS = frozenset(
-    """eval exec compile getattr setattr delattr __import__ open input breakpoint globals
-    locals vars execfile file reload apply __build_class__ memoryview help exit quit
-    """.split()
+    [
+        "eval",
+        "exec",
+        "compile",
+        "getattr",
+        "setattr",
+        "delattr",
+        "__import__",
+        "open",
+        "input",
+        "breakpoint",
+        "globals",
+        "locals",
+        "vars",
+        "execfile",
+        "file",
+        "reload",
+        "apply",
+        "__build_class__",
+        "memoryview",
+        "help",
+        "exit",
+        "quit",
+    ]
 )
 # Loaders and code paths inside otherwise-trusted packages that run or load code.
 DANGEROUS_NAMES = frozenset(
@@ -378,8 +472,16 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _tensor(storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None = None,
-            requires_grad: Any = False, metadata: Any = None, rebuild: str = "") -> TensorRecord:
+def _tensor(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    dtype: str | None = None,
+    requires_grad: Any = False,
+    metadata: Any = None,
+    rebuild: str = "",
+) -> TensorRecord:
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
     shape = _int_tuple(size, "shape")
@@ -403,23 +505,52 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> Tensor
     return _tensor(storage, offset, size, stride, rebuild="torch._utils._rebuild_tensor")
 
 
-def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any,
-                       requires_grad: Any = False, backward_hooks: Any = None,
-                       metadata: Any = None) -> TensorRecord:
-    return _tensor(storage, offset, size, stride, requires_grad=requires_grad,
-                   metadata=metadata, rebuild="torch._utils._rebuild_tensor_v2")
+def _rebuild_tensor_v2(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> TensorRecord:
+    return _tensor(
+        storage,
+        offset,
+        size,
+        stride,
+        requires_grad=requires_grad,
+        metadata=metadata,
+        rebuild="torch._utils._rebuild_tensor_v2",
+    )
 
 
-def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any,
-                       requires_grad: Any = False, backward_hooks: Any = None,
-                       dtype: Any = None, metadata: Any = None) -> TensorRecord:
+def _rebuild_tensor_v3(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    backward_hooks: Any = None,
+    dtype: Any = None,
+    metadata: Any = None,
+) -> TensorRecord:
     name = dtype.name if isinstance(dtype, DType) else None
-    return _tensor(storage, offset, size, stride, dtype=name, requires_grad=requires_grad,
-                   metadata=metadata, rebuild="torch._utils._rebuild_tensor_v3")
+    return _tensor(
+        storage,
+        offset,
+        size,
+        stride,
+        dtype=name,
+        requires_grad=requires_grad,
+        metadata=metadata,
+        rebuild="torch._utils._rebuild_tensor_v3",
+    )
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any = None,
-                       state: Any = None) -> Any:
+def _rebuild_parameter(
+    data: Any, requires_grad: Any, backward_hooks: Any = None, state: Any = None
+) -> Any:
     if isinstance(data, TensorRecord):
         data.is_parameter = True
         data.requires_grad = bool(requires_grad)
@@ -430,9 +561,12 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> An
     if not callable(func) or not isinstance(args, tuple):
         raise pickle.UnpicklingError("malformed _rebuild_from_type_v2")
     result = func(*args)
-    if isinstance(result, TensorRecord) and isinstance(new_type, TorchMarker):
-        if new_type.name == "Parameter":
-            result.is_parameter = True
+    if (
+        isinstance(result, TensorRecord)
+        and isinstance(new_type, TorchMarker)
+        and new_type.name == "Parameter"
+    ):
+        result.is_parameter = True
     return result
 
 
@@ -478,14 +612,26 @@ class NumpyArray:
         for d in reversed(self.shape):
             stride.insert(0, acc)
             acc *= d
-        return TensorRecord(None, 0, self.shape, tuple(stride), self.dtype, inline=self.data,
-                            rebuild="numpy")
+        return TensorRecord(
+            None, 0, self.shape, tuple(stride), self.dtype, inline=self.data, rebuild="numpy"
+        )
 
 
 NUMPY_DTYPES = {
-    "f8": "float64", "f4": "float32", "f2": "float16", "i8": "int64", "i4": "int32",
-    "i2": "int16", "i1": "int8", "u1": "uint8", "u2": "uint16", "u4": "uint32",
-    "u8": "uint64", "b1": "bool", "c8": "complex64", "c16": "complex128",
+    "f8": "float64",
+    "f4": "float32",
+    "f2": "float16",
+    "i8": "int64",
+    "i4": "int32",
+    "i2": "int16",
+    "i1": "int8",
+    "u1": "uint8",
+    "u2": "uint16",
+    "u4": "uint32",
+    "u8": "uint64",
+    "b1": "bool",
+    "c8": "complex64",
+    "c16": "complex128",
 }
 
 
@@ -571,8 +717,14 @@ def _build_allowlist() -> dict[str, Any]:
         allow[f"torch.storage.{storage}"] = TorchMarker("torch", storage)
     for dtype in list(DTYPE_SIZES) + list(DTYPE_ALIASES):
         allow[f"torch.{dtype}"] = DType(DTYPE_ALIASES.get(dtype, dtype))
-    for layout in ("strided", "sparse_coo", "sparse_csr", "contiguous_format",
-                   "channels_last", "preserve_format"):
+    for layout in (
+        "strided",
+        "sparse_coo",
+        "sparse_csr",
+        "contiguous_format",
+        "channels_last",
+        "preserve_format",
+    ):
         allow[f"torch.{layout}"] = TorchMarker("torch", layout)
     return allow
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnreadableCheckpoint
+from ckpt_tool.errors import UnreadableCheckpoint
 
 # safetensors dtype -> our (torch) dtype name
 ST_DTYPES = {
@@ -31,8 +31,22 @@ ST_DTYPES = {
 }
 TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
 ST_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-    "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "C64": 8,
 }
 MAX_HEADER = 100_000_000  # the limit the safetensors library itself enforces
 
@@ -79,7 +93,9 @@ def read_header(path: Path) -> STHeader:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UnreadableCheckpoint(f"{path}: safetensors header is not valid JSON ({exc})") from None
+        raise UnreadableCheckpoint(
+            f"{path}: safetensors header is not valid JSON ({exc})"
+        ) from None
     if not isinstance(header, dict):
         raise UnreadableCheckpoint(f"{path}: safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
@@ -118,8 +134,9 @@ def _entry(path: Path, name: str, info: Any, data_start: int) -> STTensor:
             f"{path}: tensor {name!r} shape {shape} of {dtype} needs "
             f"{numel * ST_SIZES[dtype]} bytes but its byte range holds {offsets[1] - offsets[0]}"
         )
-    return STTensor(name, ST_DTYPES[dtype], tuple(shape), data_start + offsets[0],
-                    data_start + offsets[1])
+    return STTensor(
+        name, ST_DTYPES[dtype], tuple(shape), data_start + offsets[0], data_start + offsets[1]
+    )
 
 
 def _check_layout(path: Path, tensors: list[STTensor], buffer_len: int, data_start: int) -> None:
@@ -140,8 +157,9 @@ def _check_layout(path: Path, tensors: list[STTensor], buffer_len: int, data_sta
             f"{path}: tensor data runs past the end of the file (truncated download?)"
         )
     if cursor - data_start < buffer_len:
-        raise UnreadableCheckpoint(f"{path}: {buffer_len - (cursor - data_start)} stray bytes "
-                                   "after the last tensor")
+        raise UnreadableCheckpoint(
+            f"{path}: {buffer_len - (cursor - data_start)} stray bytes after the last tensor"
+        )
 
 
 @dataclass

@@ -7,7 +7,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UnreadableCheckpoint
+from ckpt_tool.errors import UnreadableCheckpoint
+
 from .safe_pickle import PickleResult, safe_loads
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -40,7 +41,7 @@ class ZipIndex:
                 f"{self.path}: member {info.filename} has a corrupt local header"
             )
         name_len, extra_len = struct.unpack("<2H", header[26:30])
-        offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        offset: int = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         self._offsets[info.filename] = offset
         return offset
 

@@ -1,4 +1,4 @@
-"""Wrapper prefixes: `module.` (DataParallel/DDP), `_orig_mod.` (torch.compile), `model.` (Lightning)."""
+"""Wrapper prefixes: `module.` (DataParallel/DDP), `_orig_mod.` (compile), `model.` (Lightning)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def wrapper_chain(key: str, wrappers: Iterable[str] = WRAPPERS) -> str:
         for w in wrappers:
             if rest.startswith(w):
                 chain += w
-                rest = rest[len(w):]
+                rest = rest[len(w) :]
                 progress = True
     return chain
 
