@@ -238,7 +238,7 @@ def _items(d: Any) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in d.items()] if isinstance(d, dict) else []
 
 
-def _as_record(value: Any) -> TensorRecord | None:
+def as_record(value: Any) -> TensorRecord | None:
     if isinstance(value, TensorRecord):
         return value
     if isinstance(value, NumpyArray):
@@ -252,7 +252,7 @@ def _tensor_dict(value: Any) -> dict[str, TensorRecord] | None:
         return None
     out = {}
     for k, v in value.items():
-        rec = _as_record(v)
+        rec = as_record(v)
         if rec is not None:
             out[str(k)] = rec
     return out or None
@@ -268,7 +268,7 @@ def _describe(value: Any) -> str:
     if name is not None:
         return name
     if isinstance(value, (TensorRecord, NumpyArray)):
-        rec = _as_record(value)
+        rec = as_record(value)
         assert rec is not None
         return f"tensor {list(rec.shape)} {rec.dtype}"
     if isinstance(value, dict):
@@ -359,10 +359,10 @@ def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) ->
         else:
             records = _tensor_dict(root)
             ckpt.layout = "state_dict" if records else "other"
-            ckpt.extras = {str(k): _describe(v) for k, v in root.items() if _as_record(v) is None}
-    elif _as_record(root) is not None:
+            ckpt.extras = {str(k): _describe(v) for k, v in root.items() if as_record(v) is None}
+    elif as_record(root) is not None:
         ckpt.layout = "tensor"
-        rec = _as_record(root)
+        rec = as_record(root)
         assert rec is not None
         records = {"tensor": rec}
     else:

@@ -292,3 +292,45 @@ def share_bars(rows: list[dict[str, Any]], label: str = "parameters by top-level
 
 def show(renderable: Any) -> None:
     out.print(renderable)
+
+
+# --- write commands -------------------------------------------------------------------------
+
+
+def edit_report(r: dict[str, Any]) -> None:
+    """Before/after table of the keys a write command changed, grouped, then where it wrote."""
+    groups = r.get("groups") or []
+    if groups:
+        table = Table(
+            box=None,
+            pad_edge=False,
+            title=f"{r['command']}: keys changed",
+            title_justify="left",
+            title_style="bold",
+        )
+        table.add_column("rule")
+        table.add_column("keys", justify="right")
+        table.add_column("example: before → after")
+        for g in groups:
+            ex = g["examples"][0]
+            table.add_row(
+                safe(g["rule"]), str(g["count"]), f"{safe(ex['from'])} → [green]{safe(ex['to'])}[/]"
+            )
+        out.print(table)
+    if "changed" in r:
+        out.print(f"{r['changed']} of {r['total_keys']} keys renamed, {r['unchanged']} unchanged")
+    if r.get("command") == "extract":
+        out.print(
+            f"{r['tensors']} tensors extracted from a {r['layout']} checkpoint"
+            + (f"; dropped: {safe(', '.join(r['dropped']))}" if r["dropped"] else "")
+        )
+    for note in r.get("notes", []):
+        out.print(f"[yellow]note:[/] {safe(note)}")
+    if r["dry_run"]:
+        out.print(f"dry run: would write [bold]{safe(r['output'])}[/]; nothing written")
+    else:
+        check = "verified" if r.get("verified") else "[yellow]not verified (--no-verify)[/]"
+        out.print(
+            f"wrote [bold]{safe(r['output'])}[/] ({r['format']}, "
+            f"{human_bytes(r['bytes'])}, {check})"
+        )

@@ -9,6 +9,7 @@ import typer
 from ckpt_tool import __version__
 
 from .inspect_cmd import inspect
+from .surgery_cmd import add_module, extract, rename, strip_module
 
 app = typer.Typer(
     name="ckpt",
@@ -39,6 +40,10 @@ def _root(
 
 
 app.command(rich_help_panel="Inspect")(inspect)
+app.command("strip-module", rich_help_panel="Edit")(strip_module)
+app.command("add-module", rich_help_panel="Edit")(add_module)
+app.command(rich_help_panel="Edit")(rename)
+app.command(rich_help_panel="Edit")(extract)
 
 
 def main() -> None:

@@ -71,3 +71,23 @@ WeightsOpt = Annotated[
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        metavar="OUT",
+        help="Output file; .pth/.pt/.bin/.ckpt (torch zip) or .safetensors. "
+        "Default: next to the input with a derived name.",
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+InPlaceOpt = Annotated[
+    bool, typer.Option("--in-place", help="Rewrite the input itself (still atomic).")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the full report; write nothing.")]
+NoVerifyOpt = Annotated[
+    bool, typer.Option("--no-verify", help="Skip reading the output back to verify it.")
+]

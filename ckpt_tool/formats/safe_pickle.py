@@ -164,7 +164,8 @@ class Inert:
         return obj
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
+        # Reached by REDUCE (a call), not by NEWOBJ (cls.__new__ only): the writer repeats it.
+        self.__dict__["called"] = True
 
     def __setstate__(self, state: Any) -> None:
         self.__dict__["state"] = state

@@ -1,0 +1,58 @@
+"""The shared tail of every write command: choose the output, write or dry-run, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckpt_tool import render
+from ckpt_tool.checkpoint import Checkpoint
+from ckpt_tool.edit import Output, save
+from ckpt_tool.formats.writer import resolve_output
+
+
+def default_ext(ckpt: Checkpoint) -> str | None:
+    """Folders (sharded, HF, DCP) get a single-file output of the matching kind."""
+    if ckpt.path.is_dir():
+        return ".safetensors" if "safetensors" in ckpt.format else ".pth"
+    return None
+
+
+def finish(
+    command: str,
+    ckpt: Checkpoint,
+    out: Output,
+    report: dict[str, Any],
+    *,
+    output: Path | None,
+    tag: str,
+    force: bool,
+    in_place: bool,
+    dry_run: bool,
+    verify: bool,
+    json_out: bool,
+) -> None:
+    """Resolve the target (same refusals in a dry run), write it unless dry-run, print."""
+    target = resolve_output(
+        ckpt.path, output, tag=tag, force=force, in_place=in_place, ext=default_ext(ckpt)
+    )
+    report = {
+        "command": command,
+        "input": str(ckpt.path),
+        "output": str(target),
+        "dry_run": dry_run,
+        "written": False,
+        "weights_key": ckpt.weights_key,
+        **report,
+        "notes": list(out.notes) + list(report.get("notes", [])),
+    }
+    if not dry_run:
+        result = save(ckpt, out, target, verify=verify)
+        report.update(
+            written=True, format=result.format, bytes=result.bytes, verified=result.verified
+        )
+        report["notes"] += [n for n in result.notes if n not in report["notes"]]
+    if json_out:
+        render.print_json(report)
+    else:
+        render.edit_report(report)

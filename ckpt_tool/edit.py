@@ -1,0 +1,181 @@
+"""Applying key surgery to a checkpoint's container, and saving the result with the writer.
+
+The surgery functions decide names; this module puts the renamed weights back where they came
+from (bare state_dict, training dict, whole pickled model) so everything else survives.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckpt_tool.checkpoint import (
+    BN_EVAL_META_KEY,
+    FROZEN_META_KEY,
+    Checkpoint,
+    as_record,
+    is_module_record,
+)
+from ckpt_tool.errors import OutputRefused, UnsafeCheckpoint
+from ckpt_tool.formats import writer
+from ckpt_tool.formats.safe_pickle import TensorRecord
+from ckpt_tool.surgery.rename import RenamePlan, rename_metadata
+
+
+def refuse_dangerous(ckpt: Checkpoint) -> None:
+    """Write commands do not touch files that reach dangerous callables."""
+    if ckpt.dangerous:
+        names = ", ".join(g.name for g in ckpt.dangerous[:3])
+        raise UnsafeCheckpoint(
+            f"{ckpt.path}: refers to dangerous callables ({names}); refused. Nothing was run. "
+            f"See `ckpt scan {ckpt.path}` for details"
+        )
+
+
+def weights_container(ckpt: Checkpoint) -> dict[Any, Any] | None:
+    """The dict the weights live in (None for whole models, safetensors and DCP)."""
+    if ckpt.layout == "state_dict" and isinstance(ckpt.root, dict):
+        return ckpt.root
+    if ckpt.layout == "training" and isinstance(ckpt.root, dict):
+        value = ckpt.root.get(ckpt.weights_key)
+        return value if isinstance(value, dict) else None
+    return None
+
+
+def weight_items(ckpt: Checkpoint) -> list[tuple[str, Any]]:
+    """Every entry of the weights mapping, tensors and other values, in file order."""
+    container = weights_container(ckpt)
+    if container is None:
+        return [(k, e.record) for k, e in ckpt.tensors.items()]
+    return [(str(k), v) for k, v in container.items()]
+
+
+@dataclass
+class Output:
+    """What a write command will write: the object for .pth, the weights, and notes."""
+
+    root: Any
+    weights: dict[str, TensorRecord]
+    weights_key: str | None
+    notes: list[str] = field(default_factory=list)
+    whole_container: bool = True  # False when only the weights are kept (extract)
+
+
+def rebuild(
+    ckpt: Checkpoint,
+    items: list[tuple[str, Any]],
+    metadata_fn: Any = None,
+    add_root: bool = False,
+    weights_only: bool = False,
+) -> Output:
+    """Put new weight items back into the checkpoint's container, keeping everything else."""
+    old = weights_container(ckpt)
+    new: dict[Any, Any] = type(old)() if isinstance(old, dict) else collections.OrderedDict()
+    # numpy arrays (plain pickles) become tensor records once, so root and weights agree
+    items = [(k, as_record(v) or v) for k, v in items]
+    for k, v in items:
+        new[k] = v
+    old_meta = getattr(old, "_metadata", None)
+    if old_meta is not None and isinstance(new, collections.OrderedDict):
+        new._metadata = rename_metadata(old_meta, metadata_fn, add_root)  # type: ignore[attr-defined]
+    weights = {k: v for k, v in items if isinstance(v, TensorRecord)}
+    notes: list[str] = []
+    if ckpt.layout == "training" and not weights_only:
+        root = type(ckpt.root)()
+        for k, v in ckpt.root.items():
+            root[k] = new if k == ckpt.weights_key else v
+        key = ckpt.weights_key
+        if is_module_record(ckpt.root.get(key)):
+            notes.append(f"the whole pickled model under {key!r} was written as a state_dict")
+    else:
+        root = new
+        key = None
+        if ckpt.layout == "module":
+            notes.append(
+                "whole pickled model written as a state_dict (its class code is not "
+                "needed to load it: model.load_state_dict(torch.load(...)))"
+            )
+        elif ckpt.layout == "training":
+            dropped = [k for k in ckpt.root if k != ckpt.weights_key]
+            notes.append(
+                f"kept only the weights under {ckpt.weights_key!r}; dropped "
+                f"{', '.join(map(str, dropped))}"
+            )
+    return Output(root, weights, key, notes, whole_container=not weights_only)
+
+
+def apply_plan(ckpt: Checkpoint, plan: RenamePlan, add_root: bool = False) -> Output:
+    """The checkpoint with its weight keys renamed by plan."""
+    items = weight_items(ckpt)
+    mapping = dict(plan.pairs)
+    renamed = [(mapping.get(k, k), v) for k, v in items]
+    return rebuild(ckpt, renamed, plan.meta_fn, add_root)
+
+
+def safetensors_metadata(ckpt: Checkpoint, out: Output) -> dict[str, str]:
+    """__metadata__ for safetensors output: input metadata, provenance and the freeze state."""
+    meta = {
+        k: v
+        for k, v in ckpt.metadata.items()
+        if not k.startswith(("index.", "ckpt.")) and k != "config"
+    }
+    meta["format"] = "pt"
+    meta["ckpt.source"] = f"{ckpt.path.name} ({ckpt.format}" + (
+        f", weights {ckpt.weights_key})" if ckpt.weights_key else ")"
+    )
+    if any(r.is_parameter for r in out.weights.values()):
+        frozen = [k for k, r in out.weights.items() if r.is_parameter and not r.requires_grad]
+        meta[FROZEN_META_KEY] = json.dumps(frozen)
+    if ckpt.bn_eval:
+        meta[BN_EVAL_META_KEY] = json.dumps(ckpt.bn_eval)
+    return meta
+
+
+def save(ckpt: Checkpoint, out: Output, target: Path, verify: bool = True) -> writer.WriteResult:
+    """Write out to target in the format its extension names, atomically and verified."""
+    fmt = writer.output_format(target)
+    sources = writer.Sources(ckpt)
+    if fmt == "safetensors":
+        if ckpt.layout == "training" and out.whole_container:
+            others = [str(k) for k in ckpt.root if k != ckpt.weights_key]
+            raise OutputRefused(
+                f"{target}: safetensors holds only tensors, so the training state "
+                f"({', '.join(others[:4])}) would be lost; write a .pth, or run "
+                f"`ckpt extract {ckpt.path}` first"
+            )
+        records = writer.storage_backed(out.weights, sources)
+        result = writer.write_safetensors(
+            records, target, sources, safetensors_metadata(ckpt, out), verify=verify
+        )
+    else:
+        backed = writer.storage_backed(out.weights, sources)
+        root = _replace_records(out.root, out.weights, backed)
+        result = writer.write_pth(
+            root, target, sources, verify=verify, expect=backed, weights_key=out.weights_key
+        )
+    result.notes = out.notes + result.notes
+    return result
+
+
+def _replace_records(root: Any, old: dict[str, TensorRecord], new: dict[str, TensorRecord]) -> Any:
+    """Swap records that got in-memory storages (numpy, DCP) into the weights container."""
+    swaps = {id(old[k]): new[k] for k in old if old[k] is not new[k]}
+    if not swaps:
+        return root
+    container = root
+    if isinstance(root, dict) and not any(id(v) in swaps for v in root.values()):
+        container = next(
+            (
+                v
+                for v in root.values()
+                if isinstance(v, dict) and any(id(x) in swaps for x in v.values())
+            ),
+            root,
+        )
+    for k, v in list(container.items()):
+        if id(v) in swaps:
+            container[k] = swaps[id(v)]
+    return root

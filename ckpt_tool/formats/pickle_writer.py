@@ -1,0 +1,250 @@
+"""Writes our object model (containers, TensorRecords, inert records) back as a torch pickle.
+
+Protocol 2 opcodes only, the globals torch's own `torch.save` emits for tensors, so the output
+loads with `torch.load(weights_only=True)`. Inert records are written back under the names the
+input used, so what we did not touch survives; nothing is imported to do it.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from typing import Any
+
+from ckpt_tool.errors import WriteFailed
+
+from .safe_pickle import (
+    STORAGE_DTYPES,
+    DType,
+    Inert,
+    NumpyArray,
+    StorageRef,
+    TensorRecord,
+    TorchMarker,
+)
+
+DTYPE_STORAGES = {v: k for k, v in STORAGE_DTYPES.items() if k != "UntypedStorage"}
+_PY2_NAMES = {"builtins": "__builtin__", "copyreg": "copy_reg"}
+
+
+class PickleWriter:
+    """Serialises one object graph; storages are numbered in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.memo: dict[int, int] = {}
+        self.keep: list[Any] = []  # keep memoised objects alive so ids stay unique
+        self.storage_keys: dict[int, str] = {}
+        self.storages: list[tuple[str, StorageRef]] = []
+
+    # -- primitives
+    def _op(self, code: bytes, payload: bytes = b"") -> None:
+        self.out += code + payload
+
+    def _put(self, obj: Any) -> None:
+        idx = len(self.memo)
+        self.memo[id(obj)] = idx
+        self.keep.append(obj)
+        self._op(b"q", bytes([idx])) if idx < 256 else self._op(b"r", struct.pack("<I", idx))
+
+    def _get(self, obj: Any) -> bool:
+        idx = self.memo.get(id(obj))
+        if idx is None:
+            return False
+        self._op(b"h", bytes([idx])) if idx < 256 else self._op(b"j", struct.pack("<I", idx))
+        return True
+
+    def _global(self, module: str, name: str) -> None:
+        module = _PY2_NAMES.get(module, module)
+        self._op(b"c", f"{module}\n{name}\n".encode())
+
+    def _int(self, v: int) -> None:
+        if 0 <= v < 256:
+            self._op(b"K", bytes([v]))
+        elif 0 <= v < 65536:
+            self._op(b"M", struct.pack("<H", v))
+        elif -(2**31) <= v < 2**31:
+            self._op(b"J", struct.pack("<i", v))
+        else:
+            raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
+            self._op(b"\x8a", bytes([len(raw)]) + raw)
+
+    def _str(self, v: str) -> None:
+        raw = v.encode("utf-8", "surrogatepass")
+        self._op(b"X", struct.pack("<I", len(raw)) + raw)
+
+    def _tuple(self, items: tuple[Any, ...] | list[Any]) -> None:
+        if not items:
+            self._op(b")")
+            return
+        if len(items) <= 3:
+            for x in items:
+                self.save(x)
+            self._op(b"\x85\x86\x87"[len(items) - 1 : len(items)])
+            return
+        self._op(b"(")
+        for x in items:
+            self.save(x)
+        self._op(b"t")
+
+    def _setitems(self, items: list[tuple[Any, Any]]) -> None:
+        for start in range(0, len(items), 1000):
+            self._op(b"(")
+            for k, v in items[start : start + 1000]:
+                self.save(k)
+                self.save(v)
+            self._op(b"u")
+
+    def _appends(self, items: list[Any]) -> None:
+        for start in range(0, len(items), 1000):
+            self._op(b"(")
+            for v in items[start : start + 1000]:
+                self.save(v)
+            self._op(b"e")
+
+    # -- objects
+    def save(self, obj: Any) -> None:
+        """Append the opcodes that rebuild obj (iterative containers would only add noise)."""
+        if obj is None:
+            self._op(b"N")
+        elif obj is True or obj is False:
+            self._op(b"\x88" if obj else b"\x89")
+        elif isinstance(obj, int):
+            self._int(obj)
+        elif isinstance(obj, float):
+            self._op(b"G", struct.pack(">d", obj))
+        elif isinstance(obj, str):
+            self._str(obj)
+        elif self._get(obj):
+            return
+        elif isinstance(obj, (bytes, bytearray)):
+            self._global("_codecs", "encode")
+            self._tuple((bytes(obj).decode("latin1"), "latin1"))
+            self._op(b"R")
+            if isinstance(obj, bytearray):
+                raise WriteFailed("bytearray values cannot be written back yet")
+            self._put(obj)
+        elif isinstance(obj, tuple):
+            self._tuple(obj)
+            self._put(obj)
+        elif isinstance(obj, list):
+            self._op(b"]")
+            self._put(obj)
+            self._appends(obj)
+        elif isinstance(obj, collections.OrderedDict):
+            self._global("collections", "OrderedDict")
+            self._op(b")R")
+            self._put(obj)
+            self._setitems(list(obj.items()))
+            state = getattr(obj, "__dict__", None)
+            if state:
+                self.save(dict(state))
+                self._op(b"b")
+        elif isinstance(obj, collections.defaultdict):
+            self._global("collections", "defaultdict")
+            factory = obj.default_factory
+            self._tuple((factory,) if factory is not None else ())
+            self._op(b"R")
+            self._put(obj)
+            self._setitems(list(obj.items()))
+        elif isinstance(obj, dict):
+            self._op(b"}")
+            self._put(obj)
+            self._setitems(list(obj.items()))
+        elif isinstance(obj, (set, frozenset)):
+            self._global("builtins", type(obj).__name__)
+            self._op(b"]")
+            self._appends(list(obj))
+            self._op(b"\x85R")
+            self._put(obj)
+        elif isinstance(obj, TensorRecord):
+            self._tensor(obj)
+        elif isinstance(obj, DType):
+            self._global("torch", obj.name)
+        elif isinstance(obj, TorchMarker):
+            self._marker(obj)
+        elif isinstance(obj, type) and issubclass(obj, Inert):
+            self._global(obj._ckpt_module, obj._ckpt_name)
+        elif isinstance(obj, Inert):
+            self._inert(obj)
+        elif obj in (list, dict, set, frozenset, tuple, int, float, str):
+            self._global("builtins", obj.__name__)
+        elif isinstance(obj, NumpyArray):
+            raise WriteFailed("numpy arrays outside the weights cannot be written to .pth yet")
+        else:
+            raise WriteFailed(f"cannot write a {type(obj).__name__} back to a pickle")
+
+    def _marker(self, m: TorchMarker) -> None:
+        if m.name == "device":
+            self._global("torch", "device")
+            self._tuple(m.args)
+            self._op(b"R")
+        elif m.name in ("strided", "sparse_coo", "sparse_csr"):
+            self._global("torch.serialization", "_get_layout")
+            self._tuple((f"torch.{m.name}",))
+            self._op(b"R")
+        else:
+            self._global(m.module, m.name)
+
+    def _inert(self, obj: Inert) -> None:
+        cls = type(obj)
+        self._global(cls._ckpt_module, cls._ckpt_name)
+        self._tuple(obj.args)
+        self._op(b"R" if obj.__dict__.get("called", True) else b"\x81")
+        self._put(obj)
+        if obj.listitems:
+            self._appends(obj.listitems)
+        if obj.dictitems:
+            self._setitems(list(obj.dictitems.items()))
+        if obj.state is not None:
+            self.save(obj.state)
+            self._op(b"b")
+
+    def _storage_pid(self, storage: StorageRef) -> None:
+        key = self.storage_keys.get(id(storage))
+        if key is None:
+            key = str(len(self.storages))
+            self.storage_keys[id(storage)] = key
+            self.storages.append((key, storage))
+        storage_class = DTYPE_STORAGES.get(storage.dtype)
+        if storage_class is None:
+            raise WriteFailed(f"dtype {storage.dtype} cannot be written to a .pth file yet")
+        self._op(b"(")
+        self._str("storage")
+        self._global("torch", storage_class)
+        self._str(key)
+        self._str(storage.location)
+        self._int(storage.numel)
+        self._op(b"tQ")
+
+    def _tensor(self, rec: TensorRecord) -> None:
+        if rec.storage is None:
+            raise WriteFailed("tensor without a storage cannot be pickled (internal)")
+        if rec.is_parameter:
+            self._global("torch._utils", "_rebuild_parameter")
+            self._op(b"(")
+        self._global("torch._utils", "_rebuild_tensor_v2")
+        self._op(b"(")
+        self._storage_pid(rec.storage)
+        self._int(rec.offset)
+        self._tuple(rec.shape)
+        self._tuple(rec.stride)
+        self._op(b"\x88" if rec.requires_grad and not rec.is_parameter else b"\x89")
+        self._global("collections", "OrderedDict")
+        self._op(b")R")
+        self._op(b"tR")
+        if rec.is_parameter:
+            self._op(b"\x88" if rec.requires_grad else b"\x89")
+            self._global("collections", "OrderedDict")
+            self._op(b")R")
+            self._op(b"tR")
+        self._put(rec)
+
+
+def dumps(root: Any) -> tuple[bytes, list[tuple[str, StorageRef]]]:
+    """Pickle bytes for root and the storages it references, keyed '0', '1', ... in order."""
+    writer = PickleWriter()
+    writer._op(b"\x80\x02")
+    writer.save(root)
+    writer._op(b".")
+    return bytes(writer.out), writer.storages

@@ -1,0 +1,602 @@
+"""The atomic, verified writer: torch zip (.pth/.pt/.bin/.ckpt) or .safetensors.
+
+Output goes to a temporary file in the target folder, is flushed and fsynced, read back and
+compared with what was meant to be written (keys, shapes, dtypes, strides, aliasing, and a
+CRC-32 of every tensor's bytes), and only then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import mmap
+import os
+import secrets
+import struct
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
+
+from . import pickle_writer
+from .safe_pickle import DTYPE_SIZES, StorageRef, TensorRecord
+from .safetensors_io import TORCH_TO_ST
+from .zipwriter import ZipWriter, copy_range
+
+if TYPE_CHECKING:
+    from ckpt_tool.checkpoint import Checkpoint
+
+PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+TMP_MARK = ".ckpt-tmp-"
+ALIASES_META_KEY = "ckpt.aliases"
+
+
+# --- choosing the output path ------------------------------------------------------------------
+
+
+def output_format(path: Path) -> str:
+    """'pth' or 'safetensors' by the output's extension."""
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    if path.suffix in PTH_SUFFIXES:
+        return "pth"
+    raise OutputRefused(
+        f"{path}: unsupported output extension {path.suffix or '(none)'!r}; use .pth, .pt, "
+        ".bin, .ckpt or .safetensors"
+    )
+
+
+def derived_name(src: Path, tag: str, ext: str | None = None) -> Path:
+    """model.pth -> model.TAG.pth (next to the input); folders get TAG.safetensors inside."""
+    name = src.name
+    for double in (".pth.tar", ".pt.tar"):
+        if name.endswith(double):
+            stem, suffix = name[: -len(double)], double
+            break
+    else:
+        stem, suffix = (name, "") if src.is_dir() else (src.stem, src.suffix)
+    if ext is not None:
+        suffix = ext
+    if not suffix or suffix not in (*PTH_SUFFIXES, ".pth.tar", ".pt.tar", ".safetensors"):
+        suffix = ".pth"
+    return src.parent / f"{stem}.{tag}{suffix}"
+
+
+def resolve_output(
+    src: Path,
+    output: Path | None,
+    *,
+    tag: str,
+    force: bool,
+    in_place: bool,
+    ext: str | None = None,
+) -> Path:
+    """The path to write, after the safety rules: no silent overwrite, never the input itself."""
+    if in_place and output is not None:
+        raise UsageError("give either --in-place or -o/--output, not both")
+    if in_place:
+        if not src.is_file():
+            raise UsageError(f"{src}: --in-place needs a single checkpoint file")
+        target = src
+    else:
+        target = output if output is not None else derived_name(src, tag, ext)
+    output_format(target)
+    if target.is_dir():
+        raise OutputRefused(f"{target}: is a folder; give a file name for the output")
+    if not in_place and target.exists():
+        if _same_file(src, target):
+            raise OutputRefused(
+                f"{target}: is the input file itself; pass --in-place to rewrite the input "
+                "(still atomic), or choose another -o"
+            )
+        if not force:
+            raise OutputRefused(f"{target}: already exists; pass --force to overwrite it")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputRefused(f"{target}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputRefused(f"{target}: folder {folder} is not writable")
+    return target
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+    # also covers symlinks and hard links: samefile compares device and inode
+
+
+# --- atomic file --------------------------------------------------------------------------------
+
+
+def clean_stale_temps(folder: Path, target_name: str) -> None:
+    """Remove temp files of earlier runs that were killed (their process no longer exists)."""
+    for p in folder.glob(f".{target_name}{TMP_MARK}*"):
+        try:
+            pid = int(p.name.split(TMP_MARK, 1)[1].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[tuple[BinaryIO, Path]]:
+    """A temp file beside target; on success the caller calls `commit`, else it is removed."""
+    folder = target.parent
+    clean_stale_temps(folder, target.name)
+    tmp = folder / f".{target.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise OutputRefused(
+            f"{target}: cannot create a file in {folder} ({exc.strerror})"
+        ) from None
+    f = os.fdopen(fd, "w+b")
+    try:
+        yield f, tmp
+    except BaseException:
+        f.close()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    finally:
+        if not f.closed:
+            f.close()
+
+
+def commit(tmp: Path, target: Path) -> None:
+    """Rename the finished temp file over target and make the rename durable."""
+    os.replace(tmp, target)
+    try:
+        dfd = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _finish(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _io_error(target: Path, exc: OSError) -> WriteFailed:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return WriteFailed(
+            f"{target}: disk full or file too large while writing "
+            f"({exc.strerror}); nothing was written"
+        )
+    return WriteFailed(f"{target}: write failed ({exc.strerror or exc}); nothing was written")
+
+
+# --- tensor byte sources -------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """Where an output storage's bytes come from: a file range (kernel copy) or bytes in memory."""
+
+    path: Path | None
+    offset: int
+    size: int
+    crc: int | None = None  # known CRC-32 of exactly these bytes (from the input zip)
+    data: bytes | None = None
+
+
+@dataclass
+class Sources:
+    """Byte sources for the storages of records from one input checkpoint."""
+
+    ckpt: Checkpoint
+    extra: dict[int, bytes] = field(default_factory=dict)
+
+    def of(self, storage: StorageRef) -> Source:
+        if id(storage) in self.extra:
+            data = self.extra[id(storage)]
+            return Source(None, 0, len(data), zlib.crc32(data), data)
+        loc = self.ckpt.locate(storage)
+        crc = None
+        zip_index = self.ckpt._zip
+        if zip_index is not None:
+            info = zip_index.storage_member(storage.key)
+            if info is not None and info.file_size == storage.nbytes:
+                crc = info.CRC
+        return Source(loc.path, loc.offset, storage.nbytes, crc)
+
+
+def storage_backed(records: dict[str, TensorRecord], sources: Sources) -> dict[str, TensorRecord]:
+    """Give records without a file storage (numpy arrays, DCP) one backed by bytes in memory."""
+    out: dict[str, TensorRecord] = {}
+    reader = None
+    for key, rec in records.items():
+        if rec.storage is not None:
+            out[key] = rec
+            continue
+        if rec.inline is not None:
+            data = rec.inline
+        else:
+            from ckpt_tool.tensors import TensorReader
+
+            reader = reader or TensorReader(sources.ckpt)
+            data = _materialise(reader, rec)
+        storage = StorageRef(f"mem:{key}", rec.dtype, "cpu", rec.numel)
+        sources.extra[id(storage)] = data
+        stride = _contiguous_stride(rec.shape)
+        out[key] = TensorRecord(
+            storage, 0, rec.shape, stride, rec.dtype, rec.requires_grad, rec.is_parameter
+        )
+    return out
+
+
+def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride: list[int] = []
+    acc = 1
+    for d in reversed(shape):
+        stride.insert(0, acc)
+        acc *= d
+    return tuple(stride)
+
+
+# --- checksums ----------------------------------------------------------------------------------
+
+
+def crc_range(path: Path, offset: int, size: int) -> int:
+    """CRC-32 of a file range, read through mmap in 64 MB pieces (zlib releases the GIL)."""
+    if size == 0:
+        return 0
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        crc = 0
+        view = memoryview(m)
+        try:
+            for start in range(offset, offset + size, 64 << 20):
+                crc = zlib.crc32(view[start : min(start + (64 << 20), offset + size)], crc)
+        finally:
+            view.release()
+        return crc
+
+
+def parallel_crcs(jobs: list[tuple[Path, int, int]]) -> list[int]:
+    """CRC-32 of many ranges on two threads (the machines we target have few cores)."""
+    if len(jobs) <= 1:
+        return [crc_range(*j) for j in jobs]
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
+        return list(pool.map(lambda j: crc_range(*j), jobs))
+
+
+# --- torch zip ----------------------------------------------------------------------------------
+
+
+@dataclass
+class WriteResult:
+    """What was written and how it was checked."""
+
+    path: Path
+    format: str
+    bytes: int
+    tensors: int
+    verified: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def write_pth(
+    root: Any,
+    target: Path,
+    sources: Sources,
+    *,
+    verify: bool = True,
+    expect: dict[str, TensorRecord] | None = None,
+    weights_key: str | None = None,
+) -> WriteResult:
+    """Write root (our object model) as a torch zip file, atomically, then verify it."""
+    try:
+        data_pkl, storages = pickle_writer.dumps(root)
+    except RecursionError:
+        raise WriteFailed(f"{target}: the object graph nests too deeply to write") from None
+    expected_crcs: dict[str, int] = {}
+    try:
+        with atomic_file(target) as (f, tmp):
+            zw = ZipWriter(f)
+            zw.add_bytes("archive/data.pkl", data_pkl)
+            zw.add_bytes("archive/.format_version", b"1")
+            zw.add_bytes("archive/.storage_alignment", b"64")
+            zw.add_bytes("archive/byteorder", b"little")
+            _write_storages(zw, storages, sources, expected_crcs)
+            zw.add_bytes("archive/version", b"3\n")
+            zw.add_bytes("archive/.data/serialization_id", f"{zlib.crc32(data_pkl):040d}".encode())
+            zw.close()
+            _finish(f)
+            size = f.tell()
+            if verify:
+                verify_pth(tmp, target, expected_crcs, expect, weights_key)
+            commit(tmp, target)
+    except OSError as exc:
+        raise _io_error(target, exc) from None
+    return WriteResult(target, "pth", size, len(expect or {}), verify)
+
+
+def _write_storages(
+    zw: ZipWriter,
+    storages: list[tuple[str, StorageRef]],
+    sources: Sources,
+    expected_crcs: dict[str, int],
+) -> None:
+    fds: dict[Path, int] = {}
+    pending: list[tuple[str, Path, int, int]] = []
+    try:
+        for key, storage in storages:
+            name = f"archive/data/{key}"
+            src = sources.of(storage)
+            if src.data is not None:
+                m = zw.add_bytes(name, src.data)
+                expected_crcs[name] = m.crc
+                continue
+            assert src.path is not None
+            if src.path not in fds:
+                fds[src.path] = os.open(src.path, os.O_RDONLY)
+            crc = src.crc
+            if crc is None:
+                # Not known from the input: computed from the source range after copying,
+                # then both the header and the verification use it.
+                pending.append((name, src.path, src.offset, src.size))
+                crc = 0
+            zw.add_copy(name, fds[src.path], src.offset, src.size, crc)
+            expected_crcs[name] = crc
+        if pending:
+            crcs = parallel_crcs([(p, o, s) for _, p, o, s in pending])
+            by_name = {m.name: m for m in zw.members}
+            for (name, *_), crc in zip(pending, crcs, strict=True):
+                member = by_name[name]
+                member.crc = crc
+                expected_crcs[name] = crc
+                end = zw.f.tell()
+                zw.f.seek(member.header_offset + 14)
+                zw.f.write(struct.pack("<I", crc))
+                zw.f.seek(end)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _record_signature(rec: TensorRecord) -> tuple[Any, ...]:
+    return (
+        rec.shape,
+        rec.stride,
+        rec.offset,
+        rec.dtype,
+        rec.is_parameter,
+        rec.requires_grad if rec.is_parameter else False,
+    )
+
+
+def _alias_groups(records: dict[str, TensorRecord]) -> list[list[str]]:
+    groups: dict[int, list[str]] = {}
+    for k, r in records.items():
+        if r.storage is not None:
+            groups.setdefault(id(r.storage), []).append(k)
+    return sorted(g for g in groups.values() if len(g) > 1)
+
+
+def verify_pth(
+    tmp: Path,
+    target: Path,
+    expected_crcs: dict[str, int],
+    expect: dict[str, TensorRecord] | None,
+    weights_key: str | None,
+) -> None:
+    """Read the written file back with our reader and compare it with the plan."""
+    from ckpt_tool.checkpoint import load
+
+    try:
+        back = load(tmp, weights=weights_key)
+    except Exception as exc:
+        raise WriteFailed(
+            f"{target}: verification could not read the output back ({exc})"
+        ) from None
+    zip_index = back._zip
+    assert zip_index is not None
+    jobs = []
+    names = []
+    for name, crc in expected_crcs.items():
+        info = zip_index.members.get(name)
+        if info is None or info.CRC != crc:
+            raise WriteFailed(f"{target}: verification failed: record {name} missing or wrong")
+        jobs.append((tmp, zip_index.data_offset(info), info.file_size))
+        names.append(name)
+    for name, crc, actual in zip(names, expected_crcs.values(), parallel_crcs(jobs), strict=True):
+        if crc != actual:
+            raise WriteFailed(
+                f"{target}: verification failed: bytes of {name} do not match their checksum "
+                "(if the input's stored checksum is wrong, the input is corrupt: ckpt scan it)"
+            )
+    if expect is not None:
+        got = {k: e.record for k, e in back.tensors.items()}
+        if list(got) != list(expect):
+            raise WriteFailed(f"{target}: verification failed: keys read back differ")
+        for k, rec in expect.items():
+            if _record_signature(got[k]) != _record_signature(rec):
+                raise WriteFailed(
+                    f"{target}: verification failed: tensor {k!r} differs "
+                    "(shape, dtype, layout or requires_grad)"
+                )
+        if _alias_groups(got) != _alias_groups(expect):
+            raise WriteFailed(f"{target}: verification failed: shared tensors differ")
+
+
+# --- safetensors --------------------------------------------------------------------------------
+
+
+def write_safetensors(
+    records: dict[str, TensorRecord],
+    target: Path,
+    sources: Sources,
+    metadata: dict[str, str],
+    *,
+    verify: bool = True,
+) -> WriteResult:
+    """Write tensors as safetensors: header computed up front, bytes copied tensor by tensor."""
+    notes: list[str] = []
+    plan: list[tuple[str, TensorRecord]] = []
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for key, rec in records.items():
+        if rec.dtype not in TORCH_TO_ST:
+            raise WriteFailed(
+                f"{target}: tensor {key!r} has dtype {rec.dtype}, which safetensors cannot store"
+            )
+        view = (id(rec.storage), rec.offset, rec.shape, rec.stride, rec.dtype)
+        if rec.storage is not None and view in seen:
+            aliases[key] = seen[view]
+            continue
+        seen[view] = key
+        plan.append((key, rec))
+    meta = dict(metadata)
+    meta.setdefault("format", "pt")
+    if aliases:
+        meta[ALIASES_META_KEY] = json.dumps(aliases)
+        notes.append(
+            f"{len(aliases)} shared tensor(s) written once; aliases recorded in "
+            f"__metadata__[{ALIASES_META_KEY!r}]"
+        )
+    header: dict[str, Any] = {"__metadata__": meta}
+    cursor = 0
+    for key, rec in plan:
+        header[key] = {
+            "dtype": TORCH_TO_ST[rec.dtype],
+            "shape": list(rec.shape),
+            "data_offsets": [cursor, cursor + rec.nbytes],
+        }
+        cursor += rec.nbytes
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * ((-len(raw)) % 8)
+    data_start = 8 + len(raw)
+    expected: list[tuple[str, int, int, int]] = []  # key, out offset, size, crc
+    try:
+        with atomic_file(target) as (f, tmp):
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            expected = _write_st_data(f, plan, sources, data_start)
+            _finish(f)
+            size = f.tell()
+            if verify:
+                verify_safetensors(tmp, target, plan, expected)
+            commit(tmp, target)
+    except OSError as exc:
+        raise _io_error(target, exc) from None
+    return WriteResult(target, "safetensors", size, len(records), verify, notes)
+
+
+def _contiguous_range(rec: TensorRecord) -> tuple[int, int] | None:
+    """(byte offset in storage, size) when the tensor is one contiguous run of its storage."""
+    if rec.storage is None or (rec.stride != _contiguous_stride(rec.shape) and rec.numel > 1):
+        return None
+    return rec.offset * DTYPE_SIZES[rec.dtype], rec.nbytes
+
+
+def _write_st_data(
+    f: BinaryIO, plan: list[tuple[str, TensorRecord]], sources: Sources, data_start: int
+) -> list[tuple[str, int, int, int]]:
+    out: list[tuple[str, int, int, int]] = []
+    crc_jobs: list[tuple[Path, int, int]] = []
+    crc_slots: list[int] = []
+    fds: dict[Path, int] = {}
+    reader = None
+    try:
+        for key, rec in plan:
+            pos = f.tell()
+            span = _contiguous_range(rec)
+            assert rec.storage is not None
+            src = sources.of(rec.storage)
+            if span is not None and src.data is None and src.path is not None:
+                start, size = span
+                if src.path not in fds:
+                    fds[src.path] = os.open(src.path, os.O_RDONLY)
+                f.flush()
+                os.lseek(f.fileno(), pos, os.SEEK_SET)
+                copy_range(fds[src.path], f.fileno(), src.offset + start, size)
+                f.seek(pos + size)
+                whole = start == 0 and size == src.size
+                if whole and src.crc is not None:
+                    out.append((key, pos - data_start, size, src.crc))
+                else:
+                    crc_jobs.append((src.path, src.offset + start, size))
+                    crc_slots.append(len(out))
+                    out.append((key, pos - data_start, size, 0))
+                continue
+            if span is not None and src.data is not None:
+                start, size = span
+                chunk = src.data[start : start + size]
+            else:
+                from ckpt_tool.tensors import TensorReader
+
+                reader = reader or TensorReader(sources.ckpt)
+                chunk = _materialise(reader, rec)
+            f.write(chunk)
+            out.append((key, pos - data_start, len(chunk), zlib.crc32(chunk)))
+        for slot, crc in zip(crc_slots, parallel_crcs(crc_jobs), strict=True):
+            key, off, size, _ = out[slot]
+            out[slot] = (key, off, size, crc)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        if reader is not None:
+            reader.close()
+    return out
+
+
+def _materialise(reader: Any, rec: TensorRecord) -> bytes:
+    from ckpt_tool.checkpoint import TensorEntry
+
+    t = reader.read(TensorEntry("", rec, "tensor")).contiguous()
+    import torch
+
+    return bytes(t.reshape(-1).view(torch.uint8).numpy().tobytes()) if t.numel() else b""
+
+
+def verify_safetensors(
+    tmp: Path,
+    target: Path,
+    plan: list[tuple[str, TensorRecord]],
+    expected: list[tuple[str, int, int, int]],
+) -> None:
+    """Re-read the header and the bytes of every tensor; compare with what was planned."""
+    from .safetensors_io import read_header
+
+    try:
+        header = read_header(tmp)
+    except Exception as exc:
+        raise WriteFailed(
+            f"{target}: verification could not read the output back ({exc})"
+        ) from None
+    got = {t.name: t for t in header.tensors}
+    if list(got) != [k for k, _ in plan]:
+        raise WriteFailed(f"{target}: verification failed: tensor names read back differ")
+    for key, rec in plan:
+        t = got[key]
+        if t.shape != rec.shape or t.dtype != rec.dtype:
+            raise WriteFailed(f"{target}: verification failed: tensor {key!r} differs")
+    crcs = parallel_crcs([(tmp, header.data_start + off, size) for _, off, size, _ in expected])
+    for (key, _, _, want), actual in zip(expected, crcs, strict=True):
+        if want != actual:
+            raise WriteFailed(f"{target}: verification failed: bytes of {key!r} differ")

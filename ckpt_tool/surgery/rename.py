@@ -1,0 +1,182 @@
+"""Key renaming as data: plans over key lists (strip/add a prefix, regex maps), no tensors touched."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpt_tool.errors import SurgeryError, UsageError
+
+from .prefixes import WRAPPERS, wrapper_chain
+
+
+@dataclass
+class RenamePlan:
+    """Old -> new name for every key, in order, and what the user should know about it."""
+
+    pairs: list[tuple[str, str]]
+    rules: dict[str, str] = field(default_factory=dict)  # old key -> rule that renamed it
+    notes: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)  # --map patterns that matched nothing
+    meta_fn: Callable[[str], str] | None = None  # renames `_metadata` module paths
+
+    @property
+    def changed(self) -> list[tuple[str, str]]:
+        return [(a, b) for a, b in self.pairs if a != b]
+
+    def groups(self, examples: int = 3) -> list[dict[str, Any]]:
+        """Changed keys grouped by the rule that renamed them, with a few examples each."""
+        out: dict[str, dict[str, Any]] = {}
+        for old, new in self.changed:
+            rule = self.rules.get(old, "renamed")
+            g = out.setdefault(rule, {"rule": rule, "count": 0, "examples": []})
+            g["count"] += 1
+            if len(g["examples"]) < examples:
+                g["examples"].append({"from": old, "to": new})
+        return list(out.values())
+
+
+def _check_conflicts(plan: RenamePlan) -> RenamePlan:
+    seen: dict[str, str] = {}
+    for old, new in plan.pairs:
+        if not new:
+            raise SurgeryError(f"renaming {old!r} would leave an empty key")
+        if new in seen:
+            raise SurgeryError(
+                f"keys {seen[new]!r} and {old!r} would both become {new!r}; "
+                "adjust the mapping so every key stays unique"
+            )
+        seen[new] = old
+    return plan
+
+
+def _examples(keys: Sequence[str], n: int = 3) -> str:
+    return ", ".join(repr(k) for k in keys[:n]) + (" ..." if len(keys) > n else "")
+
+
+def strip_plan(keys: Sequence[str], prefix: str | None = None, partial: bool = False) -> RenamePlan:
+    """Remove `prefix` from every key, or by default every wrapper chain (module./_orig_mod.)."""
+    if prefix == "":
+        raise UsageError("--prefix must not be empty")
+    if prefix is None:
+        chains = {k: wrapper_chain(k) for k in keys}
+        rule_of = {k: f"{c}* → *" for k, c in chains.items() if c}
+        what = " or ".join(WRAPPERS)
+    else:
+        chains = {k: prefix if k.startswith(prefix) else "" for k in keys}
+        rule_of = {k: f"{prefix}* → *" for k, c in chains.items() if c}
+        what = prefix
+    carrying = [k for k in keys if chains[k]]
+    bare = [k for k in keys if not chains[k]]
+    if not carrying:
+        hint = ""
+        if prefix is None and keys and all(k.startswith("model.") for k in keys):
+            hint = "; the keys start with Lightning's 'model.': use --prefix model."
+        raise SurgeryError(f"no key starts with {what}; nothing to strip{hint}")
+    if bare and not partial:
+        raise SurgeryError(
+            f"{len(carrying)} of {len(keys)} keys start with {what} and {len(bare)} do not "
+            f"(with: {_examples(carrying)}; without: {_examples(bare)}); pass --partial to "
+            "strip only where present"
+        )
+    pairs = [(k, k[len(chains[k]) :]) for k in keys]
+    plan = RenamePlan(pairs, rules=rule_of)
+    if bare:
+        plan.notes.append(f"{len(bare)} keys without the prefix were left as they are")
+    if prefix is None:
+        plan.meta_fn = lambda m: _strip_meta_chain(m)
+    else:
+        plan.meta_fn = lambda m: _strip_meta(m, prefix)
+    return _check_conflicts(plan)
+
+
+def _strip_meta_chain(module_path: str) -> str:
+    dotted = module_path + "."
+    return dotted[len(wrapper_chain(dotted)) :].rstrip(".")
+
+
+def _strip_meta(module_path: str, prefix: str) -> str:
+    dotted = module_path + "."
+    return dotted[len(prefix) :].rstrip(".") if dotted.startswith(prefix) else module_path
+
+
+def add_plan(keys: Sequence[str], prefix: str = "module.") -> RenamePlan:
+    """Prefix every key (for loading into a DataParallel/DDP-wrapped model)."""
+    if not prefix:
+        raise UsageError("--prefix must not be empty")
+    already = [k for k in keys if k.startswith(prefix)]
+    if already:
+        raise SurgeryError(
+            f"{len(already)} of {len(keys)} keys already start with {prefix!r} "
+            f"({_examples(already)}); nothing added. Use strip-module to remove it"
+        )
+    plan = RenamePlan([(k, prefix + k) for k in keys], rules=dict.fromkeys(keys, f"* → {prefix}*"))
+    plan.meta_fn = lambda m: (prefix + m if m else prefix).rstrip(".")
+    return _check_conflicts(plan)
+
+
+def parse_maps(maps: Sequence[str]) -> list[tuple[re.Pattern[str], str, str]]:
+    """'REGEX=REPLACEMENT' options (split at the first '='), compiled."""
+    out = []
+    for m in maps:
+        if "=" not in m:
+            raise UsageError(f"--map {m!r}: expected REGEX=REPLACEMENT")
+        pattern, repl = m.split("=", 1)
+        if not pattern:
+            raise UsageError(f"--map {m!r}: the pattern is empty")
+        try:
+            out.append((re.compile(pattern), repl, m))
+        except re.error as exc:
+            raise UsageError(f"--map {m!r}: invalid regular expression ({exc})") from None
+    return out
+
+
+def regex_plan(keys: Sequence[str], maps: Sequence[str]) -> RenamePlan:
+    """Apply each REGEX=REPLACEMENT in order to every key (re.sub semantics, \\1 groups)."""
+    compiled = parse_maps(maps)
+    if not compiled:
+        raise UsageError("give at least one --map 'REGEX=REPLACEMENT'")
+    used = {m: False for _, _, m in compiled}
+    pairs: list[tuple[str, str]] = []
+    rules: dict[str, str] = {}
+
+    def rename(key: str) -> tuple[str, list[str]]:
+        applied = []
+        for pattern, repl, text in compiled:
+            try:
+                new = pattern.sub(repl, key)
+            except (re.error, IndexError) as exc:
+                raise UsageError(f"--map {text!r}: bad replacement ({exc})") from None
+            if new != key or pattern.search(key):
+                used[text] = True
+                applied.append(text)
+            key = new
+        return key, applied
+
+    for k in keys:
+        new, applied = rename(k)
+        pairs.append((k, new))
+        if applied:
+            rules[k] = " then ".join(applied)
+    plan = RenamePlan(pairs, rules=rules, unmatched=[m for m, u in used.items() if not u])
+    for m in plan.unmatched:
+        plan.notes.append(f"--map {m!r} matched no key")
+    plan.meta_fn = lambda m: rename(m + ".")[0].rstrip(".") if m else m
+    return _check_conflicts(plan)
+
+
+def rename_metadata(metadata: Any, fn: Callable[[str], str] | None, add_root: bool = False) -> Any:
+    """The state_dict's `_metadata` (module path -> version info) renamed like the keys."""
+    if not isinstance(metadata, dict) or fn is None:
+        return metadata
+    out = type(metadata)()
+    for path, info in metadata.items():
+        new = fn(str(path)) if path != "" or add_root else path
+        if new in out and new == "":
+            continue  # the wrapper's own root entry; the inner root wins below
+        out[new] = info
+    if "" in metadata and "" not in out:
+        out[""] = metadata[""]
+    return out
