@@ -24,6 +24,7 @@ from .formats.safe_pickle import (
     StorageRef,
     TensorRecord,
     global_name,
+    safe_loads,
 )
 
 # Keys under which training checkpoints keep their weights, in the order we pick a default.
@@ -467,11 +468,11 @@ def _single_weights_in(folder: Path) -> Path | None:
 
 
 def _load_zip(ckpt: Checkpoint, weights: str | None) -> None:
-    index = torch_zip.open_zip_index(ckpt.path)
+    index, data_pkl = torch_zip.open_zip_index(ckpt.path)
     ckpt._zip = index
     if torch_zip.is_torchscript(index):
         ckpt.format = "torchscript"
-    result = torch_zip.read_zip_pickle(index)
+    result = safe_loads(data_pkl, f"{ckpt.path}: {index.prefix}/data.pkl")
     _check_storages(ckpt, result)
     _from_pickle(ckpt, result, weights)
 

@@ -30,7 +30,8 @@ def safe(text: object) -> str:
 
 def print_json(data: Any) -> None:
     """One JSON document on stdout, nothing else."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    # No indent: json's C encoder is several times faster on reports with thousands of keys.
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
     sys.stdout.flush()
 
 

@@ -314,6 +314,18 @@ def test_names_are_escaped_in_real_process(hostile_names: Path) -> None:
         assert "[red]oops[/red]" in proc.stdout
 
 
+def test_hostile_file_name_is_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "[bold]evil\x1b[2J.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    result = run_cli(["inspect", path])
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    assert "[bold]evil" in result.stdout
+    missing = run_cli(["inspect", tmp_path / "[red]gone\x1b[0m.pth"])
+    assert missing.exit_code == 1
+    assert "\x1b" not in missing.stderr and missing.stdout == ""
+
+
 def test_names_exact_in_json(hostile_names: Path) -> None:
     data = inspect_json(hostile_names)
     assert [t["key"] for t in data["tensors"]] == HOSTILE_KEYS

@@ -537,8 +537,9 @@ def test_big_endian_torch_zip(tmp_path: Path) -> None:
                 data = np.frombuffer(data, dtype=f"<u{width}").byteswap().tobytes()
             zout.writestr(name, data)
     ref = dict(tload(path))
+    for key, value in sd.items():  # the crafted file is right: torch reads the same values
+        assert_same_tensor(ref[key], value, key)
     assert_matches(ckpt_tool.load(path), ref)
-    assert_matches(ckpt_tool.load(path), sd)
 
 
 def _nested_dict_pickle(depth: int) -> bytes:

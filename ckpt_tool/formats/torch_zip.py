@@ -9,8 +9,6 @@ from pathlib import Path
 
 from ckpt_tool.errors import UnreadableCheckpoint
 
-from .safe_pickle import PickleResult, safe_loads
-
 ZIP_MAGIC = b"PK\x03\x04"
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 
@@ -46,17 +44,33 @@ class ZipIndex:
         return offset
 
 
-def open_zip_index(path: Path) -> ZipIndex:
-    """Read the zip directory and apply torch's layout rules; refuse what torch would misread."""
+def open_zip_index(path: Path) -> tuple[ZipIndex, bytes]:
+    """Read the zip directory once, apply torch's layout rules, and return data.pkl's bytes.
+
+    Refuses what torch would misread: duplicate names, compressed members, no data.pkl.
+    """
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            index = _index(path, infos)
+            data_pkl = zf.read(f"{index.prefix}/data.pkl")  # checks its CRC-32
+            order = index.members.get(f"{index.prefix}/byteorder")
+            if order is not None:
+                index.byteorder = zf.read(order).decode("ascii", "replace").strip() or "little"
     except zipfile.BadZipFile as exc:
         raise UnreadableCheckpoint(
             f"{path}: damaged zip archive ({exc}); the file is probably truncated or corrupt"
         ) from None
     except (OSError, ValueError, EOFError) as exc:
-        raise UnreadableCheckpoint(f"{path}: cannot read the zip directory ({exc})") from None
+        raise UnreadableCheckpoint(f"{path}: cannot read the zip archive ({exc})") from None
+    if index.byteorder != "little":
+        raise UnreadableCheckpoint(
+            f"{path}: saved on a {index.byteorder}-endian machine; not supported yet"
+        )
+    return index, data_pkl
+
+
+def _index(path: Path, infos: list[zipfile.ZipInfo]) -> ZipIndex:
     if not infos:
         raise UnreadableCheckpoint(f"{path}: empty zip archive, not a torch checkpoint")
     members: dict[str, zipfile.ZipInfo] = {}
@@ -80,23 +94,7 @@ def open_zip_index(path: Path) -> ZipIndex:
                 f"{path}: zip archive without a data.pkl record: not a torch checkpoint"
             )
         prefix = pkl[0].split("/", 1)[0]
-    index = ZipIndex(path, prefix, members)
-    order = members.get(f"{prefix}/byteorder")
-    if order is not None:
-        with zipfile.ZipFile(path) as zf:
-            index.byteorder = zf.read(order).decode("ascii", "replace").strip() or "little"
-    return index
-
-
-def read_zip_pickle(index: ZipIndex, name: str = "data.pkl") -> PickleResult:
-    """Read a pickle member with the restricted reader."""
-    member = f"{index.prefix}/{name}"
-    try:
-        with zipfile.ZipFile(index.path) as zf:
-            data = zf.read(member)
-    except (zipfile.BadZipFile, OSError, KeyError, EOFError) as exc:
-        raise UnreadableCheckpoint(f"{index.path}: cannot read {member} ({exc})") from None
-    return safe_loads(data, f"{index.path}: {member}")
+    return ZipIndex(path, prefix, members)
 
 
 def is_torchscript(index: ZipIndex) -> bool:

@@ -420,7 +420,7 @@ def verify_pth(
     names = []
     for name, crc in expected_crcs.items():
         info = zip_index.members.get(name)
-        if info is None or info.CRC != crc:
+        if info is None or crc != info.CRC:
             raise WriteFailed(f"{target}: verification failed: record {name} missing or wrong")
         jobs.append((tmp, zip_index.data_offset(info), info.file_size))
         names.append(name)

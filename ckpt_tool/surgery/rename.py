@@ -1,4 +1,4 @@
-"""Key renaming as data: plans over key lists (strip/add a prefix, regex maps), no tensors touched."""
+"""Key renaming as data: plans over key lists (strip/add a prefix, regex maps); no tensor bytes."""
 
 from __future__ import annotations
 
