@@ -41,7 +41,9 @@ def run_json(args: list[str]) -> tuple[int, Any]:
     return result.exit_code, data
 
 
-def run_module(args: list[str], timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run_module(
+    args: list[str], timeout: float = 120, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m ckpt_tool ARGS` as a real process (text mode, captured)."""
     env = {**os.environ, **kwargs.pop("env", {})}
     return subprocess.run(

@@ -459,9 +459,8 @@ class _Buffers(nn.Module):
 
 
 def test_whole_model_built_here(tmp_path: Path) -> None:
-    shared = nn.Linear(4, 4)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), shared, nn.ReLU(), shared,
-                          _Buffers())
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(4, 4), nn.ReLU(),
+                          nn.Linear(4, 4), _Buffers())
     model[1].weight.requires_grad_(False)
     path = _save(model, tmp_path / "whole.pth")
     ckpt = ckpt_tool.load(path)
@@ -474,6 +473,19 @@ def test_whole_model_built_here(tmp_path: Path) -> None:
     assert ckpt.tensors["1.running_var"].kind == "buffer"
     assert ckpt.tensors["1.weight"].record.requires_grad is False
     assert ckpt.frozen == ["1.weight"]
+
+
+def test_whole_model_shared_submodule(tmp_path: Path) -> None:
+    # one module registered under two names: torch's state_dict lists it under both
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), shared, nn.ReLU(), shared)
+    path = _save(model, tmp_path / "shared.pth")
+    ref = model.state_dict()
+    assert list(ref) == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
+    ckpt = ckpt_tool.load(path)
+    assert_matches(ckpt, dict(ref))
+    assert sorted(map(sorted, shared_groups(ckpt))) == [["1.bias", "3.bias"],
+                                                        ["1.weight", "3.weight"]]
 
 
 def _numpy_pickle(tmp: Path, obj: Any, protocol: int) -> Path:

@@ -85,12 +85,18 @@ DTYPE_ALIASES = {
 class DType:
     """A torch dtype named in a pickle (`torch.float32`), kept as its name."""
 
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("BUILD on a record we created is refused")
+
     name: str
 
 
 @dataclass(frozen=True)
 class TorchMarker:
     """Another torch constant (a layout, memory format, device): kept by name, never imported."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("BUILD on a record we created is refused")
 
     module: str
     name: str
@@ -103,6 +109,9 @@ class TorchMarker:
 @dataclass(eq=False)
 class StorageRef:
     """A storage named by a persistent id: where its bytes are, not the bytes."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("BUILD on a record we created is refused")
 
     key: str
     dtype: str
@@ -117,6 +126,9 @@ class StorageRef:
 @dataclass(eq=False)
 class TensorRecord:
     """A tensor as the file describes it: storage view, shape, dtype; never materialised here."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("BUILD on a record we created is refused")
 
     storage: StorageRef | None
     offset: int
@@ -731,8 +743,36 @@ def _build_allowlist() -> dict[str, Any]:
 
 
 ALLOWLIST = _build_allowlist()
-del ALLOWLIST["builtins.object"]  # only reachable through copyreg._reconstructor
-_RESOLVE = {**ALLOWLIST, "builtins.object": object}
+_RESOLVE = ALLOWLIST
+
+
+class SafeCallable:
+    """An allowlisted function as one pickle sees it: callable, but BUILD cannot touch it."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("BUILD on an allowlisted function is refused")
+
+
+def _fresh(value: Any) -> Any:
+    """A per-read stand-in for an allowlist entry, so a hostile BUILD (which sets attributes on
+    whatever object is on the stack) can never alter state shared with later reads."""
+    if isinstance(value, DType):
+        return DType(value.name)
+    if isinstance(value, TorchMarker):
+        return TorchMarker(value.module, value.name, value.args)
+    if value is object:  # only meaningful as copyreg._reconstructor's base argument
+        return inert_class("builtins", "object")
+    if isinstance(value, type):
+        return type(value.__name__, (value,), {"__module__": value.__module__})
+    return SafeCallable(value)
 
 
 # --- the unpickler ------------------------------------------------------------------------------
@@ -779,6 +819,7 @@ class SafeUnpickler(pickle.Unpickler):
         super().__init__(stream, encoding="latin1")
         self.result = PickleResult(root=None)
         self._inert_types: dict[str, type[Inert]] = {}
+        self._fresh: dict[str, Any] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         # py2 names as torch maps them (e.g. __builtin__.set); the new names do not exist in py2,
@@ -794,7 +835,9 @@ class SafeUnpickler(pickle.Unpickler):
         else:
             ref.count += 1
         if qualified in _RESOLVE:
-            return _RESOLVE[qualified]
+            if qualified not in self._fresh:
+                self._fresh[qualified] = _fresh(_RESOLVE[qualified])
+            return self._fresh[qualified]
         if qualified not in self._inert_types:
             self._inert_types[qualified] = inert_class(module, name)
         return self._inert_types[qualified]
