@@ -18,17 +18,26 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-LARGE_NUMEL = 2_500_000  # fp32 elements per large tensor (10 MB)
-BN_CHANNELS = 512
-BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+from _common import (
+    LARGE_NUMEL,
+    Checkpoint,
+    Result,
+    build_checkpoint,
+    check_free_space,
+    ckpt_executable,
+    find,
+    make_workdir,
+    measure,
+    num_large_for,
+    print_checks,
+)
+
+TOOL = "bench_inspect"
 QUICK_SIZE_GB = 0.15
 
 TARGET_INSPECT_S = 0.3
@@ -36,61 +45,9 @@ TARGET_INSPECT_MB = 100.0
 TARGET_SPEEDUP_VS_MMAP = 10.0
 TARGET_FLAT_RATIO = 1.5
 
-BUILD_CODE = """
-import sys, torch
-path, n, seed, numel, channels = sys.argv[1], *map(int, sys.argv[2:6])
-g = torch.Generator().manual_seed(seed)
-sd = {}
-for i in range(n):
-    sd[f"blocks.{i}.conv.weight"] = torch.empty(numel // 1000, 1000).uniform_(-1, 1, generator=g)
-    p = f"blocks.{i}.bn."
-    sd[p + "weight"] = torch.empty(channels).uniform_(0.5, 1.5, generator=g)
-    sd[p + "bias"] = torch.empty(channels).uniform_(-0.1, 0.1, generator=g)
-    sd[p + "running_mean"] = torch.randn(channels, generator=g)
-    sd[p + "running_var"] = torch.rand(channels, generator=g) + 0.5
-    sd[p + "num_batches_tracked"] = torch.tensor(1000 + i, dtype=torch.long)
-torch.save(sd, path)
-"""
-
 TORCH_LOAD_CODE = (
     "import sys, torch; sd = torch.load(sys.argv[1], {mmap}weights_only=True); print(len(sd))"
 )
-
-
-@dataclass
-class Checkpoint:
-    """A generated checkpoint file and what it should contain."""
-
-    label: str
-    path: Path
-    num_large: int
-    size_bytes: int = 0
-
-    @property
-    def num_tensors(self) -> int:
-        """Expected tensor count: one large tensor plus one BN layer per block."""
-        return self.num_large * (1 + len(BN_KEYS))
-
-
-@dataclass
-class Result:
-    """Timings and peak RSS of one command on one checkpoint."""
-
-    command: str
-    checkpoint: str
-    size_bytes: int
-    wall_s: list[float] = field(default_factory=list)
-    peak_rss_kb: list[int] = field(default_factory=list)
-
-    @property
-    def median_s(self) -> float:
-        """Median wall time over the timed runs."""
-        return statistics.median(self.wall_s)
-
-    @property
-    def peak_mb(self) -> float:
-        """Largest peak RSS over the timed runs, in MB (10^6 bytes)."""
-        return max(self.peak_rss_kb) * 1024 / 1e6
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -111,45 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def ckpt_executable() -> str:
-    """The installed `ckpt` entry point next to this interpreter, else the one on PATH."""
-    local = Path(sys.executable).parent / "ckpt"
-    if local.exists():
-        return str(local)
-    found = shutil.which("ckpt")
-    if found is None:
-        sys.exit("bench_inspect: cannot find the `ckpt` entry point")
-    return found
-
-
-def num_large_for(size_gb: float) -> int:
-    """Number of large fp32 tensors that add up to about size_gb."""
-    return max(1, round(size_gb * 1e9 / (LARGE_NUMEL * 4)))
-
-
-def build_checkpoint(ckpt: Checkpoint, seed: int) -> None:
-    """Write the checkpoint in a separate process (keeps torch and its memory out of this one)."""
-    args = [str(ckpt.path), str(ckpt.num_large), str(seed), str(LARGE_NUMEL), str(BN_CHANNELS)]
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", BUILD_CODE, *args], check=True)
-    ckpt.size_bytes = ckpt.path.stat().st_size
-    print(
-        f"built {ckpt.path} ({ckpt.size_bytes / 1e9:.2f} GB, {ckpt.num_tensors} tensors) "
-        f"in {time.perf_counter() - t0:.1f} s",
-        flush=True,
-    )
-
-
-def check_free_space(workdir: Path, needed_bytes: float) -> None:
-    """Exit early when the work folder cannot hold the checkpoints."""
-    free = shutil.disk_usage(workdir).free
-    if free < needed_bytes * 1.1:
-        sys.exit(
-            f"bench_inspect: {workdir} has {free / 1e9:.1f} GB free, "
-            f"need about {needed_bytes / 1e9:.1f} GB"
-        )
-
-
 def commands(ckpt_exe: str, path: Path) -> dict[str, list[str]]:
     """The measured commands, by display name."""
     py = sys.executable
@@ -159,41 +77,6 @@ def commands(ckpt_exe: str, path: Path) -> dict[str, list[str]]:
         "torch.load": [py, "-c", TORCH_LOAD_CODE.format(mmap=""), str(path)],
         "import torch": [py, "-c", "import torch"],
     }
-
-
-def run_once(argv: list[str]) -> tuple[float, int]:
-    """Run argv with stdout discarded; return (wall seconds, the child's own peak RSS in KB)."""
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            err.seek(0)
-            sys.exit(
-                f"bench_inspect: {argv} exited {proc.returncode}:\n"
-                f"{err.read().decode(errors='replace')[-2000:]}"
-            )
-    return wall, usage.ru_maxrss
-
-
-def measure(name: str, argv: list[str], ckpt: Checkpoint, runs: int) -> Result:
-    """One untimed warm-up run, then `runs` timed runs."""
-    run_once(argv)
-    result = Result(name, ckpt.label, ckpt.size_bytes)
-    for _ in range(runs):
-        wall, rss = run_once(argv)
-        result.wall_s.append(wall)
-        result.peak_rss_kb.append(rss)
-    print(
-        f"  {name:<24} {ckpt.label:>8}  median {result.median_s:.3f} s  "
-        f"peak {result.peak_mb:.0f} MB",
-        flush=True,
-    )
-    return result
 
 
 def verify_tensor_count(ckpt_exe: str, ckpt: Checkpoint) -> None:
@@ -210,11 +93,6 @@ def verify_tensor_count(ckpt_exe: str, ckpt: Checkpoint) -> None:
             f"FAIL: ckpt inspect reports {got} tensors in {ckpt.path}, expected {ckpt.num_tensors}"
         )
         sys.exit(1)
-
-
-def find(results: list[Result], command: str, label: str) -> Result:
-    """The result for one command on one checkpoint."""
-    return next(r for r in results if r.command == command and r.checkpoint == label)
 
 
 def markdown_table(results: list[Result]) -> str:
@@ -307,7 +185,7 @@ def write_json(
 
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
     """Build the two checkpoints, verify, measure, report."""
-    ckpt_exe = ckpt_executable()
+    ckpt_exe = ckpt_executable(TOOL)
     ckpts = []
     for factor in (1, 2):
         gb = args.size_gb * factor
@@ -316,7 +194,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
                 f"{gb:g} GB", workdir / f"bench_{gb:g}gb.pt", num_large_for(args.size_gb) * factor
             )
         )
-    check_free_space(workdir, sum(c.num_large for c in ckpts) * LARGE_NUMEL * 4)
+    check_free_space(TOOL, workdir, sum(c.num_large for c in ckpts) * LARGE_NUMEL * 4)
     for c in ckpts:
         build_checkpoint(c, args.seed)
         verify_tensor_count(ckpt_exe, c)
@@ -324,13 +202,12 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
     for c in ckpts:
         print(f"measuring {c.label} (1 warm + {args.runs} timed runs each)", flush=True)
         for name, argv in commands(ckpt_exe, c.path).items():
-            results.append(measure(name, argv, c, args.runs))
+            results.append(measure(TOOL, name, argv, c, args.runs))
     checks = check_targets(results, ckpts[0].label, ckpts[1].label)
     print()
     print(markdown_table(results))
     print()
-    for chk in checks:
-        print(f"{'PASS' if chk['passed'] else 'FAIL'}: {chk['name']} ({chk['detail']})")
+    print_checks(checks)
     if args.json_out is not None:
         write_json(args.json_out, args, ckpts, results, checks)
         print(f"\nwrote {args.json_out}")
@@ -339,9 +216,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 even when a target fails (only setup errors exit non-zero)."""
     args = parse_args(argv)
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench_inspect_", dir=args.workdir))
+    workdir = make_workdir("bench_inspect_", args.workdir)
     try:
         run_benchmark(args, workdir)
     finally:

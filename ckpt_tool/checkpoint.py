@@ -58,6 +58,8 @@ BUFFER_SUFFIXES = (
     "anchors",
     "inv_freq",
 )
+# A pickled model whose modules are shared under many names can name exponentially many paths.
+MAX_MODULE_PATHS = 200_000
 # Metadata keys our safetensors output uses for the freeze state (DESIGN "Freeze state").
 FROZEN_META_KEY = "ckpt.frozen"
 BN_EVAL_META_KEY = "ckpt.bn_eval"
@@ -212,13 +214,21 @@ def module_tensors(root: Any) -> tuple[dict[str, TensorRecord], dict[str, str], 
     tensors: dict[str, TensorRecord] = {}
     modules: dict[str, str] = {}
     buffers: set[str] = set()
-    seen: set[int] = set()
-    stack: list[tuple[str, Any]] = [("", root)]
+    # A module shared under two names appears under both, as state_dict() does; only a module
+    # that contains itself (a cycle, possible in a hostile file) is cut off.
+    stack: list[tuple[str, Any, frozenset[int]]] = [("", root, frozenset())]
+    visits = 0
     while stack:
-        prefix, mod = stack.pop()
-        if id(mod) in seen:
+        prefix, mod, ancestors = stack.pop()
+        if id(mod) in ancestors:
             continue
-        seen.add(id(mod))
+        visits += 1
+        if visits > MAX_MODULE_PATHS:
+            raise UnreadableCheckpoint(
+                f"pickled model expands to more than {MAX_MODULE_PATHS:,} module paths "
+                "(modules shared under many names); refusing to enumerate them"
+            )
+        inner = ancestors | {id(mod)}
         f = _fields(mod)
         modules[prefix.rstrip(".")] = global_name(mod) or type(mod).__name__
         for name, param in _items(f.get("_parameters")):
@@ -230,7 +240,9 @@ def module_tensors(root: Any) -> tuple[dict[str, TensorRecord], dict[str, str], 
             if isinstance(buf, TensorRecord) and name not in non_persistent:
                 tensors[prefix + name] = buf
                 buffers.add(prefix + name)
-        subs = [(prefix + str(n) + ".", m) for n, m in _items(f.get("_modules")) if m is not None]
+        subs = [
+            (prefix + str(n) + ".", m, inner) for n, m in _items(f.get("_modules")) if m is not None
+        ]
         stack.extend(reversed(subs))
     return tensors, modules, buffers
 

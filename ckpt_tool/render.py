@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from .inspect import ModuleNode, natural_key
+from .inspect import ModuleNode
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -233,7 +233,7 @@ def module_tree(
         for t in node.tensors:
             branch.add(_tensor_line(t, t.key.rsplit(".", 1)[-1], stats))
         pending: list[tuple[ModuleNode, Tree, int]] = []
-        children = sorted(node.children.values(), key=lambda c: natural_key(c.name))
+        children = list(node.children.values())  # file order: conv1, bn1, layer1, ..., fc
         for run in _runs(children):
             first = run[0]
             label = _node_label(first)

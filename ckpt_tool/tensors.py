@@ -48,8 +48,10 @@ class TensorReader:
         if rec.rebuild == "dcp":
             return self._read_dcp(entry.key)
         if rec.inline is not None:
+            if not rec.inline:
+                return torch.empty(rec.shape, dtype=torch_dtype(rec.dtype))
             flat = torch.frombuffer(bytearray(rec.inline), dtype=torch_dtype(rec.dtype))
-            return flat.reshape(rec.shape).clone() if rec.numel else flat.reshape(rec.shape)
+            return flat.reshape(rec.shape)
         storage = rec.storage
         assert storage is not None
         loc = self.ckpt.locate(storage)

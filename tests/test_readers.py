@@ -488,6 +488,39 @@ def test_whole_model_shared_submodule(tmp_path: Path) -> None:
                                                         ["1.weight", "3.weight"]]
 
 
+_LOAD_IN_CHILD = """
+import sys
+import ckpt_tool
+from ckpt_tool.errors import CkptError
+try:
+    ckpt = ckpt_tool.load(sys.argv[1])
+except CkptError as exc:
+    print("refused:", exc)
+else:
+    print("tensors:", len(ckpt.tensors))
+"""
+
+
+def test_whole_model_exponential_sharing_is_bounded(tmp_path: Path) -> None:
+    # m = Sequential(m, m) forty times: a few kB on disk, 2**40 module paths. Reading it must
+    # end quickly (a refusal is fine); enumerating every path would never finish.
+    import subprocess
+    import sys
+
+    m: nn.Module = nn.Linear(2, 2)
+    for _ in range(40):
+        m = nn.Sequential(m, m)
+    path = _save(m, tmp_path / "diamond.pth")
+    assert path.stat().st_size < 50_000
+    try:
+        proc = subprocess.run([sys.executable, "-c", _LOAD_IN_CHILD, str(path)],
+                              capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("ckpt_tool.load did not finish in 15 s on a 2**40-path shared module graph")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(("refused:", "tensors:"))
+
+
 def _numpy_pickle(tmp: Path, obj: Any, protocol: int) -> Path:
     path = tmp / f"arrays_p{protocol}.pkl"
     with open(path, "wb") as f:
@@ -528,7 +561,7 @@ def test_numpy_pickle_layouts(tmp_path: Path, protocol: int, kind: str) -> None:
 
 
 def test_big_endian_torch_zip(tmp_path: Path) -> None:
-    """A zip whose `byteorder` record says big: torch byte-swaps on load, so must we."""
+    """A zip whose `byteorder` record says big: torch byte-swaps on load; so must we, or refuse."""
     import numpy as np
 
     sd = OrderedDict([("w", torch.arange(6, dtype=torch.float32).reshape(2, 3) / 3),
@@ -551,7 +584,12 @@ def test_big_endian_torch_zip(tmp_path: Path) -> None:
     ref = dict(tload(path))
     for key, value in sd.items():  # the crafted file is right: torch reads the same values
         assert_same_tensor(ref[key], value, key)
-    assert_matches(ckpt_tool.load(path), ref)
+    try:
+        ckpt = ckpt_tool.load(path)
+    except UnreadableCheckpoint as exc:  # a clear refusal is acceptable; wrong bytes are not
+        assert "big" in str(exc).lower()
+        return
+    assert_matches(ckpt, ref)
 
 
 def _nested_dict_pickle(depth: int) -> bytes:

@@ -604,6 +604,7 @@ class NumpyArray:
     def __init__(self, *args: Any) -> None:
         self.shape: tuple[int, ...] = ()
         self.dtype = "uint8"
+        self.byteorder = "<"
         self.data = b""
         self.fortran = False
 
@@ -612,22 +613,62 @@ class NumpyArray:
         if not isinstance(state, tuple) or len(state) != 5:
             raise pickle.UnpicklingError("malformed numpy array state")
         _, shape, dtype, fortran, raw = state
+        self._fill(raw, dtype, shape, bool(fortran))
+
+    def _fill(self, raw: Any, dtype: Any, shape: Any, fortran: bool) -> None:
         self.shape = _int_tuple(shape, "shape")
-        self.dtype = dtype.name if isinstance(dtype, NumpyDType) else "object"
-        self.fortran = bool(fortran)
+        if not isinstance(dtype, NumpyDType) or dtype.name == "object":
+            raise pickle.UnpicklingError("numpy arrays of this dtype are not supported")
+        self.dtype, self.byteorder = dtype.name, dtype.byteorder
+        self.fortran = fortran
         if not isinstance(raw, (bytes, bytearray)):
             raise pickle.UnpicklingError("numpy object arrays are not supported")
+        numel = 1
+        for d in self.shape:
+            numel *= d
+        if numel * DTYPE_SIZES[self.dtype] != len(raw):
+            raise pickle.UnpicklingError("numpy array data does not match its shape")
         self.data = bytes(raw)
 
     def as_record(self) -> TensorRecord:
+        """A tensor record in C order and little-endian bytes, as torch.from_numpy would give."""
+        size = DTYPE_SIZES[self.dtype]
+        data = self.data
+        if self.byteorder == ">" and size > 1:
+            data = b"".join(data[i : i + size][::-1] for i in range(0, len(data), size))
+        if self.fortran and len(self.shape) > 1:
+            data = _fortran_to_c(data, self.shape, size)
         stride: list[int] = []
         acc = 1
         for d in reversed(self.shape):
             stride.insert(0, acc)
             acc *= d
         return TensorRecord(
-            None, 0, self.shape, tuple(stride), self.dtype, inline=self.data, rebuild="numpy"
+            None, 0, self.shape, tuple(stride), self.dtype, inline=data, rebuild="numpy"
         )
+
+
+def _fortran_to_c(data: bytes, shape: tuple[int, ...], size: int) -> bytes:
+    """Reorder column-major element bytes into row-major order."""
+    import itertools
+
+    fstride = [1]
+    for d in shape[:-1]:
+        fstride.append(fstride[-1] * d)
+    out = bytearray()
+    for idx in itertools.product(*(range(d) for d in shape)):
+        pos = sum(i * st for i, st in zip(idx, fstride, strict=True)) * size
+        out += data[pos : pos + size]
+    return bytes(out)
+
+
+def _numpy_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> NumpyArray:
+    # protocol 5: numpy.core.numeric._frombuffer(PickleBuffer, dtype, shape, order)
+    arr = NumpyArray()
+    arr._fill(
+        bytes(buf) if isinstance(buf, (bytes, bytearray)) else buf, dtype, shape, order == "F"
+    )
+    return arr
 
 
 NUMPY_DTYPES = {
@@ -643,6 +684,7 @@ NUMPY_DTYPES = {
     "u4": "uint32",
     "u8": "uint64",
     "b1": "bool",
+    "?": "bool",
     "c8": "complex64",
     "c16": "complex128",
 }
@@ -723,6 +765,8 @@ def _build_allowlist() -> dict[str, Any]:
         "numpy.ndarray": NumpyArray,
         "numpy.dtype": NumpyDType,
         "numpy.core.multiarray.scalar": _numpy_scalar,
+        "numpy.core.numeric._frombuffer": _numpy_frombuffer,
+        "numpy._core.numeric._frombuffer": _numpy_frombuffer,
         "numpy._core.multiarray.scalar": _numpy_scalar,
     }
     for storage in STORAGE_DTYPES:

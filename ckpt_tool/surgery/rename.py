@@ -172,11 +172,13 @@ def rename_metadata(metadata: Any, fn: Callable[[str], str] | None, add_root: bo
     if not isinstance(metadata, dict) or fn is None:
         return metadata
     out = type(metadata)()
+    if add_root and "" in metadata:
+        out[""] = metadata[""]  # the wrapper's own entry comes first, as DataParallel writes it
     for path, info in metadata.items():
-        new = fn(str(path)) if path != "" or add_root else path
-        if new in out and new == "":
-            continue  # the wrapper's own root entry; the inner root wins below
-        out[new] = info
-    if "" in metadata and "" not in out:
-        out[""] = metadata[""]
+        if path == "" and not add_root:
+            out.setdefault("", info)  # the wrapper's own entry, unless the inner root replaces it
+            continue
+        # stripping: 'module' (the inner root) becomes '' and replaces the wrapper's entry,
+        # as torch's consume_prefix_in_state_dict_if_present does
+        out[fn(str(path))] = info
     return out

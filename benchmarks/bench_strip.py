@@ -1,0 +1,278 @@
+"""Benchmark `ckpt strip-module` against `cp` and the naive torch.load/torch.save script.
+
+Builds two seeded DataParallel-style state_dicts (every key starts with `module.`; SIZE and
+2x SIZE), checks once that `ckpt strip-module` writes the stripped keys with unchanged tensor
+bytes, then times each command in a fresh subprocess: 1 warm-up run, then N timed runs, the
+output removed before every run; records wall time and the child's own peak RSS via os.wait4.
+Prints a Markdown table and PASS/FAIL lines; exits 0 even when a target fails.
+
+The parent process never imports torch (see _common.py): builds and checks run in subprocesses.
+
+    python benchmarks/bench_strip.py [--size-gb 1.5] [--runs 3] [--workdir DIR] [--keep]
+                                     [--json-out PATH] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from _common import (
+    LARGE_NUMEL,
+    Checkpoint,
+    Result,
+    build_checkpoint,
+    check_free_space,
+    ckpt_executable,
+    find,
+    make_workdir,
+    measure,
+    num_large_for,
+    print_checks,
+)
+
+TOOL = "bench_strip"
+PREFIX = "module."
+QUICK_SIZE_GB = 0.15
+
+TARGET_VS_CP = 1.5
+TARGET_RSS_MB = 100.0
+TARGET_FLAT_RATIO = 1.2
+TARGET_FLAT_SLACK_MB = 5.0
+
+CP = "cp"
+CP_SYNC = "cp + sync (extra)"
+NAIVE = "naive torch.load/save"
+STRIP = "ckpt strip-module"
+STRIP_NO_VERIFY = "ckpt strip-module --no-verify"
+
+NAIVE_CODE = (
+    "import sys, torch; sd = torch.load(sys.argv[1], weights_only=True); "
+    "sd = {k.removeprefix('module.'): v for k, v in sd.items()}; torch.save(sd, sys.argv[2])"
+)
+
+CHECK_CODE = """
+import sys, torch
+src, dst, prefix = sys.argv[1:4]
+a = torch.load(src, mmap=True, weights_only=True)
+b = torch.load(dst, mmap=True, weights_only=True)
+want = [k.removeprefix(prefix) for k in a]
+problems = []
+if not all(k.startswith(prefix) for k in a):
+    problems.append("input has keys without the prefix")
+if list(b) != want:
+    problems.append(f"keys differ: got {list(b)[:3]}..., want {want[:3]}...")
+else:
+    for k in (next(iter(a)), next(reversed(a))):
+        x, y = a[k], b[k.removeprefix(prefix)]
+        same = x.dtype == y.dtype and x.shape == y.shape and x.stride() == y.stride()
+        raw = [t.reshape(-1).view(torch.uint8) for t in (x, y)]
+        if not (same and torch.equal(*raw)):
+            problems.append(f"tensor {k} differs")
+print("; ".join(problems) if problems else f"ok: {len(b)} keys, first/last tensor bytes equal")
+sys.exit(1 if problems else 0)
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-gb", type=float, default=1.5, help="size of the smaller file (GB)")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per command (after 1 warm)")
+    ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write results as JSON")
+    ap.add_argument("--seed", type=int, default=0, help="seed for the tensor values")
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_SIZE_GB} GB files")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.size_gb = QUICK_SIZE_GB
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    return args
+
+
+def output_path(ckpt: Checkpoint) -> Path:
+    """Where every measured command writes its copy of ckpt."""
+    return ckpt.path.with_name(ckpt.path.stem + ".out.pt")
+
+
+def remover(path: Path) -> Callable[[], None]:
+    """A callable that deletes path if it exists."""
+    return lambda: path.unlink(missing_ok=True)
+
+
+def commands(ckpt_exe: str, src: Path, dst: Path) -> dict[str, list[str]]:
+    """The measured commands, by display name; each writes dst."""
+    strip = [ckpt_exe, "strip-module", str(src), "-o", str(dst), "--force"]
+    return {
+        CP: ["cp", str(src), str(dst)],
+        CP_SYNC: ["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", str(src), str(dst)],
+        NAIVE: [sys.executable, "-c", NAIVE_CODE, str(src), str(dst)],
+        STRIP: strip,
+        STRIP_NO_VERIFY: [*strip, "--no-verify"],
+    }
+
+
+def verify_output(ckpt_exe: str, ckpt: Checkpoint) -> None:
+    """Exit 1 unless both strip-module variants write stripped keys with the same tensor bytes."""
+    dst = output_path(ckpt)
+    argv = commands(ckpt_exe, ckpt.path, dst)
+    for name in (STRIP, STRIP_NO_VERIFY):
+        dst.unlink(missing_ok=True)
+        run = subprocess.run(argv[name], capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            print(f"FAIL: `{name}` exited {run.returncode} on {ckpt.path}:\n{run.stderr}")
+            sys.exit(1)
+        chk = subprocess.run(
+            [sys.executable, "-c", CHECK_CODE, str(ckpt.path), str(dst), PREFIX],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(f"check `{name}` on {ckpt.label}: {(chk.stdout or chk.stderr).strip()}", flush=True)
+        if chk.returncode != 0:
+            print(f"FAIL: `{name}` output is wrong:\n{chk.stderr[-2000:]}")
+            sys.exit(1)
+    dst.unlink(missing_ok=True)
+
+
+def markdown_table(results: list[Result]) -> str:
+    """Results as a Markdown table, with time ratios against cp on the same file."""
+    lines = [
+        "| command | size | median wall s | peak RSS MB | ratio vs cp |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in results:
+        ratio = r.median_s / find(results, CP, r.checkpoint).median_s
+        lines.append(
+            f"| `{r.command}` | {r.checkpoint} | {r.median_s:.3f} | {r.peak_mb:.0f} "
+            f"| {ratio:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def check_targets(results: list[Result], small: str, large: str) -> list[dict[str, object]]:
+    """Evaluate the performance targets; one dict per check."""
+    checks: list[dict[str, object]] = []
+
+    def add(name: str, passed: bool, detail: str) -> None:
+        checks.append({"name": name, "passed": passed, "detail": detail})
+
+    strip_small, strip_large = find(results, STRIP, small), find(results, STRIP, large)
+    ratio = strip_small.median_s / find(results, CP, small).median_s
+    add(
+        f"ckpt strip-module (verify on) within {TARGET_VS_CP}x of cp on {small}",
+        ratio <= TARGET_VS_CP,
+        f"{ratio:.2f}x",
+    )
+    for r in (strip_small, strip_large):
+        add(
+            f"ckpt strip-module peak RSS < {TARGET_RSS_MB:.0f} MB on {r.checkpoint}",
+            r.peak_mb < TARGET_RSS_MB,
+            f"{r.peak_mb:.0f} MB",
+        )
+    limit = strip_small.peak_mb * TARGET_FLAT_RATIO + TARGET_FLAT_SLACK_MB
+    add(
+        f"ckpt strip-module RSS flat: {large} <= {TARGET_FLAT_RATIO}x {small} "
+        f"+ {TARGET_FLAT_SLACK_MB:.0f} MB",
+        strip_large.peak_mb <= limit,
+        f"{strip_large.peak_mb:.0f} MB vs limit {limit:.0f} MB",
+    )
+    return checks
+
+
+def write_json(
+    path: Path,
+    args: argparse.Namespace,
+    ckpts: list[Checkpoint],
+    results: list[Result],
+    checks: list[dict[str, object]],
+) -> None:
+    """Write config, per-run raw numbers, summaries and checks as JSON."""
+    payload = {
+        "config": {
+            "size_gb": args.size_gb,
+            "runs": args.runs,
+            "seed": args.seed,
+            "quick": args.quick,
+            "python": sys.executable,
+            "cpu_count": os.cpu_count(),
+        },
+        "checkpoints": [
+            {
+                "label": c.label,
+                "path": str(c.path),
+                "size_bytes": c.size_bytes,
+                "num_tensors": c.num_tensors,
+                "key_prefix": c.key_prefix,
+            }
+            for c in ckpts
+        ],
+        "results": [
+            asdict(r) | {"median_s": r.median_s, "peak_rss_mb": r.peak_mb} for r in results
+        ],
+        "checks": checks,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def make_checkpoints(size_gb: float, workdir: Path) -> list[Checkpoint]:
+    """The SIZE and 2x SIZE checkpoint descriptions (not yet built)."""
+    ckpts = []
+    for factor in (1, 2):
+        gb = size_gb * factor
+        path = workdir / f"dp_{gb:g}gb.pt"
+        ckpts.append(Checkpoint(f"{gb:g} GB", path, num_large_for(size_gb) * factor, 0, PREFIX))
+    return ckpts
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
+    """Build the two checkpoints, verify, measure, report."""
+    ckpt_exe = ckpt_executable(TOOL)
+    ckpts = make_checkpoints(args.size_gb, workdir)
+    # Inputs, plus one output and the writer's temp file for the larger one.
+    check_free_space(TOOL, workdir, 2 * sum(c.num_large for c in ckpts) * LARGE_NUMEL * 4)
+    for c in ckpts:
+        build_checkpoint(c, args.seed)
+        verify_output(ckpt_exe, c)
+    results = []
+    for c in ckpts:
+        print(f"measuring {c.label} (1 warm + {args.runs} timed runs each)", flush=True)
+        dst = output_path(c)
+        for name, argv in commands(ckpt_exe, c.path, dst).items():
+            results.append(measure(TOOL, name, argv, c, args.runs, before_each=remover(dst)))
+        dst.unlink(missing_ok=True)
+    checks = check_targets(results, ckpts[0].label, ckpts[1].label)
+    print()
+    print(markdown_table(results))
+    print()
+    print_checks(checks)
+    if args.json_out is not None:
+        write_json(args.json_out, args, ckpts, results, checks)
+        print(f"\nwrote {args.json_out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns 0 even when a target fails (only setup errors exit non-zero)."""
+    args = parse_args(argv)
+    workdir = make_workdir("bench_strip_", args.workdir)
+    try:
+        run_benchmark(args, workdir)
+    finally:
+        if args.keep:
+            print(f"kept checkpoints in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
