@@ -47,4 +47,8 @@ app.command(rich_help_panel="Edit")(extract)
 
 
 def main() -> None:
+    import sys
+
+    if len(sys.argv) == 1:  # bare `ckpt`: the grouped command list, and success
+        sys.argv.append("--help")
     app()

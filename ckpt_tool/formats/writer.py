@@ -209,13 +209,35 @@ class Source:
 class Sources:
     """Byte sources for the storages of records from one input checkpoint."""
 
-    ckpt: Checkpoint
+    ckpt: Checkpoint | None
     extra: dict[int, bytes] = field(default_factory=dict)
+
+    def require_ckpt(self) -> Checkpoint:
+        if self.ckpt is None:
+            raise WriteFailed("tensor bytes requested without an input checkpoint (internal)")
+        return self.ckpt
+
+    def add_tensor(
+        self, t: Any, *, requires_grad: bool = False, is_parameter: bool = False
+    ) -> TensorRecord:
+        """A record for a live torch tensor, its bytes kept in memory until written."""
+        import torch
+
+        c = t.detach().to("cpu").contiguous()
+        data = bytes(c.reshape(-1).view(torch.uint8).numpy().tobytes()) if c.numel() else b""
+        dtype = str(c.dtype).removeprefix("torch.")
+        storage = StorageRef(f"mem:{len(self.extra)}", dtype, "cpu", c.numel())
+        self.extra[id(storage)] = data
+        return TensorRecord(
+            storage, 0, tuple(c.shape), tuple(c.stride()), dtype, requires_grad, is_parameter
+        )
 
     def of(self, storage: StorageRef) -> Source:
         if id(storage) in self.extra:
             data = self.extra[id(storage)]
             return Source(None, 0, len(data), zlib.crc32(data), data)
+        if self.ckpt is None:
+            raise WriteFailed(f"storage {storage.key} has no bytes (internal)")
         loc = self.ckpt.locate(storage)
         crc = None
         zip_index = self.ckpt._zip
@@ -239,7 +261,7 @@ def storage_backed(records: dict[str, TensorRecord], sources: Sources) -> dict[s
         else:
             from ckpt_tool.tensors import TensorReader
 
-            reader = reader or TensorReader(sources.ckpt)
+            reader = reader or TensorReader(sources.require_ckpt())
             data = _materialise(reader, rec)
         storage = StorageRef(f"mem:{key}", rec.dtype, "cpu", rec.numel)
         sources.extra[id(storage)] = data
@@ -550,7 +572,7 @@ def _write_st_data(
             else:
                 from ckpt_tool.tensors import TensorReader
 
-                reader = reader or TensorReader(sources.ckpt)
+                reader = reader or TensorReader(sources.require_ckpt())
                 chunk = _materialise(reader, rec)
             f.write(chunk)
             out.append((key, pos - data_start, len(chunk), zlib.crc32(chunk)))
