@@ -134,10 +134,16 @@ def safetensors_metadata(ckpt: Checkpoint, out: Output) -> dict[str, str]:
     return meta
 
 
-def save(ckpt: Checkpoint, out: Output, target: Path, verify: bool = True) -> writer.WriteResult:
+def save(
+    ckpt: Checkpoint,
+    out: Output,
+    target: Path,
+    verify: bool = True,
+    sources: writer.Sources | None = None,
+) -> writer.WriteResult:
     """Write out to target in the format its extension names, atomically and verified."""
     fmt = writer.output_format(target)
-    sources = writer.Sources(ckpt)
+    sources = sources or writer.Sources(ckpt)
     if fmt == "safetensors":
         if ckpt.layout == "training" and out.whole_container:
             others = [str(k) for k in ckpt.root if k != ckpt.weights_key]

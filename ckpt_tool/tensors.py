@@ -70,6 +70,28 @@ class TensorReader:
         )
         return view.clone()
 
+    def view(self, entry: TensorEntry) -> torch.Tensor:
+        """Like read, but without the copy when the bytes can be viewed in place (valid until
+        close; do not write to it)."""
+        import torch
+
+        rec = entry.record
+        storage = rec.storage
+        if rec.rebuild == "dcp" or rec.inline is not None or storage is None or not rec.numel:
+            return self.read(entry)
+        loc = self.ckpt.locate(storage)
+        if storage.nbytes > loc.available:
+            raise UnreadableCheckpoint(
+                f"{self.ckpt.path}: storage {storage.key} is shorter than the tensor it holds"
+            )
+        raw = torch.frombuffer(
+            self._map(loc.path), dtype=torch.uint8, count=storage.nbytes, offset=loc.offset
+        )
+        flat = raw.view(torch_dtype(rec.dtype))
+        return flat.as_strided(
+            rec.shape, rec.stride, rec.offset * DTYPE_SIZES[storage.dtype] // DTYPE_SIZES[rec.dtype]
+        )
+
     def _read_dcp(self, key: str) -> torch.Tensor:
         if self._dcp is None:
             self._dcp = load_dcp_state_dict(self.ckpt.path)

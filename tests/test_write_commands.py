@@ -113,6 +113,7 @@ def refused(args: list[Any], folder: Path, match: str, code: int = 1) -> str:
     names = listing(folder)
     result = run_cli([str(a) for a in args])
     assert result.exit_code == code, (result.stdout, result.stderr)
+    assert result.stdout == "", result.stdout  # errors go to stderr only
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), lines
@@ -735,6 +736,45 @@ def test_in_place(tmp_path: Path) -> None:
     refused(["add-module", src, "--in-place", "-o", tmp_path / "x.pth"], tmp_path, "in-place", 2)
 
 
+def test_in_place_keeps_file_mode(tmp_path: Path) -> None:
+    src = copy_fixture("convnet_dataparallel.pth", tmp_path)
+    src.chmod(0o600)  # a private checkpoint must not become world-readable
+    code, rep = run_json(["strip-module", src, "--in-place"])
+    assert code == 0, rep
+    assert oct(src.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_in_place_through_symlink_rewrites_the_target(tmp_path: Path) -> None:
+    real = copy_fixture("convnet_dataparallel.pth", tmp_path)
+    link = tmp_path / "link.pth"
+    link.symlink_to(real.name)
+    code, rep = run_json(["strip-module", link, "--in-place"])
+    assert code == 0, rep
+    assert link.is_symlink(), "the user's symlink was replaced by a regular file"
+    assert list(tload(real))[0] == "layer1.0.weight"
+
+
+def test_in_place_dry_run_writes_nothing(tmp_path: Path) -> None:
+    src = copy_fixture("convnet_dataparallel.pth", tmp_path)
+    sha = sha256(src)
+    code, rep = run_json(["strip-module", src, "--in-place", "--dry-run"])
+    assert code == 0 and rep["written"] is False, rep
+    assert sha256(src) == sha and listing(tmp_path) == [src.name]
+
+
+def test_frozen_state_to_safetensors_metadata(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    src = copy_fixture("convnet_frozen.pth", tmp_path)
+    out = tmp_path / "f.safetensors"
+    code, rep = run_json(["rename", src, "--map", r"^layer1\.=first.", "-o", out])
+    assert code == 0, rep
+    with safe_open(out, "pt") as f:
+        meta = f.metadata()
+    frozen = json.loads(meta["ckpt.frozen"])
+    assert frozen == ["first.0.weight", "first.0.bias", "first.1.weight", "first.1.bias"]
+
+
 # --- bad output locations and disk errors -------------------------------------------------------
 
 
@@ -836,8 +876,9 @@ def test_sigkill_mid_write_leaves_valid_or_nothing(tmp_path: Path) -> None:
     expected = {k.removeprefix("module."): v for k, v in tload(src, mmap=True).items()}
     out = tmp_path / "out.pth"
     rng = random.Random(20240611)
-    delays = [rng.uniform(0.05, 0.6) for _ in range(5)]
-    outcomes = []
+    delays = [rng.uniform(0.05, 0.6) for _ in range(5)] + [1.5]  # the last one likely completes
+    outcomes: list[str] = []
+    leftovers: list[int] = []
     t0 = time.monotonic()
     for delay in delays:
         proc = subprocess.Popen(
@@ -853,6 +894,7 @@ def test_sigkill_mid_write_leaves_valid_or_nothing(tmp_path: Path) -> None:
             out.unlink()
         else:
             outcomes.append("absent")
+        leftovers.append(len(_temps(tmp_path)))
         for t in _temps(tmp_path):
             assert t.startswith(".out.pth" + TMP_MARK), t
         assert sha256(src) == src_sha
@@ -862,10 +904,35 @@ def test_sigkill_mid_write_leaves_valid_or_nothing(tmp_path: Path) -> None:
     (tmp_path / f".out.pth{TMP_MARK}{dead.pid}-deadbeef").write_bytes(b"partial")
     proc = _run_ckpt(["strip-module", src, "-o", out, "--json"])
     assert proc.returncode == 0, proc.stderr
-    assert _temps(tmp_path) == [], outcomes
+    assert _temps(tmp_path) == [], (outcomes, leftovers)
     assert_same_tensors(tload(out, mmap=True), expected)
     assert sha256(src) == src_sha
     assert time.monotonic() - t0 < 40
+
+
+def test_sigint_cleans_up(tmp_path: Path) -> None:
+    src = tmp_path / "big.pth"
+    big = OrderedDict((f"module.w{i}", torch.rand(8 * 1024 * 1024)) for i in range(4))
+    torch.save(big, src)  # ~128 MB so the write takes a moment
+    codes = []
+    src_sha = sha256(src)
+    out = tmp_path / "out.pth"
+    for delay in (0.3, 0.45, 0.6):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ckpt_tool", "strip-module", str(src), "-o", str(out)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        codes.append(proc.returncode)
+        assert _temps(tmp_path) == [], (delay, err)  # Ctrl-C removes its own temp file
+        if out.exists():
+            assert list(tload(out, mmap=True)) == [k.removeprefix("module.") for k in big]
+            out.unlink()
+        if proc.returncode == 130:
+            assert err.strip().splitlines() == ["error: interrupted; nothing was written"]
+        assert sha256(src) == src_sha
 
 
 def test_temp_of_a_live_writer_is_not_removed(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import os
 import secrets
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +203,7 @@ class Source:
     size: int
     crc: int | None = None  # known CRC-32 of exactly these bytes (from the input zip)
     data: bytes | None = None
+    stream: Callable[[], Iterator[bytes]] | None = None  # bytes produced on the fly (casts)
 
 
 @dataclass
@@ -211,6 +212,11 @@ class Sources:
 
     ckpt: Checkpoint | None
     extra: dict[int, bytes] = field(default_factory=dict)
+    streams: dict[int, Callable[[], Iterator[bytes]]] = field(default_factory=dict)
+
+    def add_stream(self, storage: StorageRef, produce: Callable[[], Iterator[bytes]]) -> None:
+        """Bytes of storage are produced by `produce()` in chunks (exactly storage.nbytes)."""
+        self.streams[id(storage)] = produce
 
     def require_ckpt(self) -> Checkpoint:
         if self.ckpt is None:
@@ -233,6 +239,8 @@ class Sources:
         )
 
     def of(self, storage: StorageRef) -> Source:
+        if id(storage) in self.streams:
+            return Source(None, 0, storage.nbytes, stream=self.streams[id(storage)])
         if id(storage) in self.extra:
             data = self.extra[id(storage)]
             return Source(None, 0, len(data), zlib.crc32(data), data)
@@ -373,6 +381,12 @@ def _write_storages(
             if src.data is not None:
                 m = zw.add_bytes(name, src.data)
                 expected_crcs[name] = m.crc
+                continue
+            if src.stream is not None:
+                offset, _ = zw.begin_stream(name, src.size)
+                produced = _write_stream(zw.f, src, name)
+                zw.end_stream(name, offset, src.size, produced)
+                expected_crcs[name] = produced
                 continue
             assert src.path is not None
             if src.path not in fds:
@@ -566,6 +580,10 @@ def _write_st_data(
                     crc_slots.append(len(out))
                     out.append((key, pos - data_start, size, 0))
                 continue
+            if src.stream is not None and span == (0, src.size):
+                crc = _write_stream(f, src, key)
+                out.append((key, pos - data_start, src.size, crc))
+                continue
             if span is not None and src.data is not None:
                 start, size = span
                 chunk = src.data[start : start + size]
@@ -585,6 +603,20 @@ def _write_st_data(
         if reader is not None:
             reader.close()
     return out
+
+
+def _write_stream(f: BinaryIO, src: Source, what: str) -> int:
+    """Write a produced byte stream, checking its length; returns its CRC-32."""
+    assert src.stream is not None
+    crc = 0
+    written = 0
+    for chunk in src.stream():
+        f.write(chunk)
+        crc = zlib.crc32(chunk, crc)
+        written += len(chunk)
+    if written != src.size:
+        raise WriteFailed(f"{what}: produced {written} bytes, expected {src.size} (internal)")
+    return crc
 
 
 def _materialise(reader: Any, rec: TensorRecord) -> bytes:

@@ -1,0 +1,194 @@
+"""Casting floating-point weights: which tensors change (a plan over names and dtypes), and the
+chunked cast itself, which counts overflow, underflow and the error it introduces."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ckpt_tool.errors import CheckFailed, UsageError
+from ckpt_tool.surgery.prefixes import wrapper_chain
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_CHOICES = {
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "fp64": "float64",
+    "float64": "float64",
+    "double": "float64",
+}
+FLOATING = frozenset({"float16", "bfloat16", "float32", "float64"})
+# Module names that are normalisation layers in the common model zoos (bn1, norm, ln_2, gn...).
+_NORM_NAME = re.compile(
+    r"^(bn|gn|ln|norm|batchnorm|layernorm|groupnorm|layer_norm|group_norm|batch_norm)"
+    r"(_?\d+)?(_\w+)?$|(^|_)(norm|bn|ln)$"
+)
+CHUNK_ELEMENTS = 1 << 22
+
+
+def parse_dtype(name: str) -> str:
+    """Our dtype name for fp16/bf16/fp32/... or a usage error listing the choices."""
+    dtype = DTYPE_CHOICES.get(name.lower())
+    if dtype is None:
+        raise UsageError(
+            f"unknown dtype {name!r}; choose one of fp16, bf16, fp32, fp64 "
+            "(or float16, bfloat16, float32, float64)"
+        )
+    return dtype
+
+
+def norm_paths(shapes: dict[str, tuple[int, ...]]) -> set[str]:
+    """Module paths of normalisation layers, found by their keys (running stats) or names."""
+    paths: set[str] = set()
+    for key, shape in shapes.items():
+        path, _, leaf = key.rpartition(".")
+        if leaf in ("running_mean", "running_var", "num_batches_tracked"):
+            paths.add(path)
+        elif leaf in ("weight", "bias") and len(shape) == 1:
+            last = path.rpartition(".")[2]
+            if _NORM_NAME.search(last):
+                paths.add(path)
+    return paths
+
+
+@dataclass
+class CastPlan:
+    """Per key: the dtype it will have (None = unchanged) and why."""
+
+    dtype: str
+    targets: dict[str, str | None]
+    reasons: dict[str, str]
+    kept_patterns_unused: list[str] = field(default_factory=list)
+
+    @property
+    def cast_keys(self) -> list[str]:
+        return [k for k, t in self.targets.items() if t is not None]
+
+
+def plan_cast(
+    entries: Sequence[tuple[str, str, tuple[int, ...]]],
+    dtype: str,
+    keep: Sequence[str] = (),
+    keep_norm: bool = False,
+    norms: set[str] | None = None,
+) -> CastPlan:
+    """Decide each tensor's dtype: floating tensors cast, integers and bools kept, and the
+    --keep / --keep-norm exceptions (norm layers held in fp32)."""
+    if dtype not in FLOATING:
+        raise UsageError(f"cannot cast to {dtype}: only floating dtypes are targets")
+    if norms is None:
+        norms = norm_paths({k: s for k, _, s in entries}) if keep_norm else set()
+    used = dict.fromkeys(keep, False)
+    bare_norms = {n[len(wrapper_chain(n + ".")) :] for n in norms}
+    targets: dict[str, str | None] = {}
+    reasons: dict[str, str] = {}
+    for key, current, _ in entries:
+        bare = key[len(wrapper_chain(key)) :]
+        hit = next(
+            (p for p in keep if fnmatch.fnmatchcase(key, p) or fnmatch.fnmatchcase(bare, p)),
+            None,
+        )
+        if current not in FLOATING:
+            targets[key], reasons[key] = None, f"{current} kept (not floating point)"
+        elif hit is not None:
+            used[hit] = True
+            targets[key], reasons[key] = None, f"kept by --keep {hit}"
+        elif keep_norm and bare.rpartition(".")[0] in bare_norms:
+            if current == "float32":
+                targets[key], reasons[key] = None, "norm layer kept in float32"
+            else:
+                targets[key], reasons[key] = "float32", "norm layer held in float32"
+        elif current == dtype:
+            targets[key], reasons[key] = None, f"already {dtype}"
+        else:
+            targets[key], reasons[key] = dtype, f"{current} -> {dtype}"
+    return CastPlan(dtype, targets, reasons, [p for p, u in used.items() if not u])
+
+
+@dataclass
+class CastStats:
+    """What casting one tensor did to its values."""
+
+    overflow: int = 0  # finite values that became inf
+    underflow: int = 0  # non-zero values that became zero
+    nonfinite: int = 0  # NaN/Inf already in the input
+    err_sq: float = 0.0
+    ref_sq: float = 0.0
+    max_abs_error: float = 0.0
+
+    @property
+    def rel_error(self) -> float:
+        """||cast - original|| / ||original|| over finite, non-overflowing values."""
+        return math.sqrt(self.err_sq / self.ref_sq) if self.ref_sq > 0 else 0.0
+
+
+def cast_stream(
+    source: Callable[[], torch.Tensor],
+    dtype: str,
+    stats: CastStats,
+    key: str,
+    strict: bool,
+) -> Callable[[], Iterator[bytes]]:
+    """A producer of the cast tensor's bytes, chunk by chunk, filling stats as it goes."""
+
+    def produce() -> Iterator[bytes]:
+        import torch
+
+        target = getattr(torch, dtype)
+        flat = source().reshape(-1)
+        for start in range(0, flat.numel(), CHUNK_ELEMENTS):
+            x = flat[start : start + CHUNK_ELEMENTS]
+            y = x.to(target)
+            _account(x, y, stats)
+            yield y.view(torch.uint8).numpy().tobytes()
+        if strict and stats.overflow:
+            raise CheckFailed(
+                f"{key}: {stats.overflow} values overflow {dtype} (--strict); nothing written. "
+                "Keep the tensor with --keep, or --keep-norm for normalisation statistics"
+            )
+
+    return produce
+
+
+def _account(x: Any, y: Any, stats: CastStats) -> None:
+    import torch
+
+    if not x.is_floating_point():
+        return
+    xd = x.double()
+    yd = y.double()
+    finite_x = torch.isfinite(xd)
+    finite_y = torch.isfinite(yd)
+    stats.nonfinite += int((~finite_x).sum())
+    stats.overflow += int((finite_x & ~finite_y).sum())
+    stats.underflow += int(((yd == 0) & (xd != 0)).sum())
+    ok = finite_x & finite_y
+    if bool(ok.any()):
+        diff = (yd - xd)[ok]
+        stats.err_sq += float((diff * diff).sum())
+        stats.ref_sq += float((xd[ok] * xd[ok]).sum())
+        stats.max_abs_error = max(stats.max_abs_error, float(diff.abs().max()))
+
+
+def module_errors(stats: dict[str, CastStats], depth: int = 2) -> list[dict[str, Any]]:
+    """Largest relative error per module (first `depth` path components), largest first."""
+    worst: dict[str, float] = {}
+    for key, s in stats.items():
+        parts = key[len(wrapper_chain(key)) :].split(".")[:-1]
+        module = ".".join(parts[:depth]) or "(root)"
+        worst[module] = max(worst.get(module, 0.0), s.rel_error)
+    return [
+        {"module": m, "max_rel_error": e} for m, e in sorted(worst.items(), key=lambda kv: -kv[1])
+    ]
