@@ -3,7 +3,8 @@
 Builds two seeded DataParallel-style state_dicts (every key starts with `module.`; SIZE and
 2x SIZE), checks once that `ckpt strip-module` writes the stripped keys with unchanged tensor
 bytes, then times each command in a fresh subprocess: 1 warm-up run, then N timed runs, the
-output removed before every run; records wall time and the child's own peak RSS via os.wait4.
+output removed and `sync` run (untimed) before every run; records wall time and the child's
+own peak RSS via os.wait4.
 Prints a Markdown table and PASS/FAIL lines; exits 0 even when a target fails.
 
 The parent process never imports torch (see _common.py): builds and checks run in subprocesses.
@@ -104,9 +105,14 @@ def output_path(ckpt: Checkpoint) -> Path:
     return ckpt.path.with_name(ckpt.path.stem + ".out.pt")
 
 
-def remover(path: Path) -> Callable[[], None]:
-    """A callable that deletes path if it exists."""
-    return lambda: path.unlink(missing_ok=True)
+def reset_output(path: Path) -> Callable[[], None]:
+    """A callable that deletes path, then flushes dirty pages so runs do not share writeback."""
+
+    def reset() -> None:
+        path.unlink(missing_ok=True)
+        os.sync()
+
+    return reset
 
 
 def commands(ckpt_exe: str, src: Path, dst: Path) -> dict[str, list[str]]:
@@ -248,7 +254,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
         print(f"measuring {c.label} (1 warm + {args.runs} timed runs each)", flush=True)
         dst = output_path(c)
         for name, argv in commands(ckpt_exe, c.path, dst).items():
-            results.append(measure(TOOL, name, argv, c, args.runs, before_each=remover(dst)))
+            results.append(measure(TOOL, name, argv, c, args.runs, before_each=reset_output(dst)))
         dst.unlink(missing_ok=True)
     checks = check_targets(results, ckpts[0].label, ckpts[1].label)
     print()

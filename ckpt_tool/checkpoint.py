@@ -63,6 +63,7 @@ MAX_MODULE_PATHS = 200_000
 # Metadata keys our safetensors output uses for the freeze state (DESIGN "Freeze state").
 FROZEN_META_KEY = "ckpt.frozen"
 BN_EVAL_META_KEY = "ckpt.bn_eval"
+ALIASES_META_KEY = "ckpt.aliases"  # alias -> key whose bytes it shares
 # Where a torch zip / pickle file records the freeze state beside Parameters' requires_grad.
 BN_EVAL_ENTRY = "_ckpt_bn_eval"
 
@@ -531,6 +532,18 @@ def _apply_st_metadata(ckpt: Checkpoint) -> None:
     ckpt.bn_eval = _json_list(ckpt.metadata.get(BN_EVAL_META_KEY)) or []
 
 
+def _json_dict(text: str | None) -> dict[str, str]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def _json_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -548,11 +561,17 @@ def _load_safetensors(ckpt: Checkpoint, files: list[Path], weights: str | None) 
             "of weights; drop --weights"
         )
     records: dict[str, TensorRecord] = {}
+    aliases: dict[str, str] = {}
     for f in files:
         header = safetensors_io.read_header(f)
         if not ckpt.metadata:
             ckpt.metadata = dict(header.metadata)
         _safetensors_records(ckpt, header, records)
+        aliases.update(_json_dict(header.metadata.get(ALIASES_META_KEY)))
+    # tied weights written once by our writer come back as one shared tensor under each name
+    for alias, target in aliases.items():
+        if target in records and alias not in records:
+            records[alias] = records[target]
     ckpt.layout = "state_dict"
     ckpt.tensors = _entries(records, None)
     ckpt.files = files

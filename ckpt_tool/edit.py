@@ -115,7 +115,7 @@ def apply_plan(ckpt: Checkpoint, plan: RenamePlan, add_root: bool = False) -> Ou
     return rebuild(ckpt, renamed, plan.meta_fn, add_root)
 
 
-def safetensors_metadata(ckpt: Checkpoint, out: Output) -> dict[str, str]:
+def safetensors_metadata(ckpt: Checkpoint, weights: dict[str, TensorRecord]) -> dict[str, str]:
     """__metadata__ for safetensors output: input metadata, provenance and the freeze state."""
     meta = {
         k: v
@@ -126,8 +126,8 @@ def safetensors_metadata(ckpt: Checkpoint, out: Output) -> dict[str, str]:
     meta["ckpt.source"] = f"{ckpt.path.name} ({ckpt.format}" + (
         f", weights {ckpt.weights_key})" if ckpt.weights_key else ")"
     )
-    if any(r.is_parameter for r in out.weights.values()):
-        frozen = [k for k, r in out.weights.items() if r.is_parameter and not r.requires_grad]
+    if any(r.is_parameter for r in weights.values()):
+        frozen = [k for k, r in weights.items() if r.is_parameter and not r.requires_grad]
         meta[FROZEN_META_KEY] = json.dumps(frozen)
     if ckpt.bn_eval:
         meta[BN_EVAL_META_KEY] = json.dumps(ckpt.bn_eval)
@@ -154,7 +154,7 @@ def save(
             )
         records = writer.storage_backed(out.weights, sources)
         result = writer.write_safetensors(
-            records, target, sources, safetensors_metadata(ckpt, out), verify=verify
+            records, target, sources, safetensors_metadata(ckpt, out.weights), verify=verify
         )
     else:
         backed = writer.storage_backed(out.weights, sources)

@@ -49,6 +49,14 @@ class SurgeryError(CkptError):
     """A key operation is ambiguous or impossible (conflicting renames, partial prefixes...)."""
 
 
+class ArchNotFound(CkptError):
+    """An architecture name is not a seed, torchvision or timm model, nor an importable factory."""
+
+
+class ArchBuildFailed(CkptError):
+    """An architecture rejected its constructor arguments or failed to build."""
+
+
 class CheckFailed(CkptError):
     """A check did not pass (smoke-train, coverage, differences, unsafe content)."""
 

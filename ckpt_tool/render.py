@@ -267,7 +267,8 @@ def keys_table(tensors: list[Any], stats: dict[str, Any] | None = None) -> Table
 def share_bars(rows: list[dict[str, Any]], label: str = "parameters by top-level module") -> None:
     if not rows:
         return
-    table = Table(box=None, title=label, title_justify="left", title_style="bold", pad_edge=False)
+    out.print(f"[bold]{label}[/]")
+    table = Table(box=None, pad_edge=False)
     table.add_column("module")
     table.add_column("params", justify="right")
     table.add_column("share", justify="right")
@@ -302,13 +303,8 @@ def edit_report(r: dict[str, Any]) -> None:
     """Before/after table of the keys a write command changed, grouped, then where it wrote."""
     groups = r.get("groups") or []
     if groups:
-        table = Table(
-            box=None,
-            pad_edge=False,
-            title=f"{r['command']}: keys changed",
-            title_justify="left",
-            title_style="bold",
-        )
+        out.print(f"[bold]{r['command']}: keys changed[/]")
+        table = Table(box=None, pad_edge=False)
         table.add_column("rule")
         table.add_column("keys", justify="right")
         table.add_column("example: before → after")
@@ -325,6 +321,14 @@ def edit_report(r: dict[str, Any]) -> None:
             f"{r['tensors']} tensors extracted from a {r['layout']} checkpoint"
             + (f"; dropped: {safe(', '.join(r['dropped']))}" if r["dropped"] else "")
         )
+    if "cast_report" in r:
+        cast_tables(r["cast_report"])
+    if r.get("shards"):
+        out.print(
+            f"{len(r['shards'])} shard(s): "
+            + ", ".join(safe(x) for x in r["shards"][:4])
+            + (" ..." if len(r["shards"]) > 4 else "")
+        )
     for note in r.get("notes", []):
         out.print(f"[yellow]note:[/] {safe(note)}")
     if r["dry_run"]:
@@ -334,4 +338,34 @@ def edit_report(r: dict[str, Any]) -> None:
         out.print(
             f"wrote [bold]{safe(r['output'])}[/] ({r['format']}, "
             f"{human_bytes(r['bytes'])}, {check})"
+        )
+
+
+def cast_tables(c: dict[str, Any]) -> None:
+    """Bytes per dtype before/after, and the largest relative error per module."""
+    out.print(f"[bold]cast to {c['dtype']}[/]: {c['cast']} tensors cast, {c['kept']} kept")
+    table = Table(box=None, pad_edge=False)
+    table.add_column("dtype")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for d in sorted(set(c["bytes_before"]) | set(c["bytes_after"])):
+        table.add_row(
+            d, human_bytes(c["bytes_before"].get(d, 0)), human_bytes(c["bytes_after"].get(d, 0))
+        )
+    table.add_row("[bold]total[/]", human_bytes(c["total_before"]), human_bytes(c["total_after"]))
+    out.print(table)
+    if c["modules"]:
+        out.print("[bold]largest relative error per module[/]")
+        errs = Table(box=None, pad_edge=False)
+        errs.add_column("module")
+        errs.add_column("rel. error", justify="right")
+        for m in c["modules"][:10]:
+            errs.add_row(safe(m["module"]), f"{m['max_rel_error']:.2e}")
+        if len(c["modules"]) > 10:
+            errs.add_row(f"({len(c['modules']) - 10} more)", "")
+        out.print(errs)
+    if c["overflow_total"] or c["underflow_total"]:
+        out.print(
+            f"[yellow]overflow[/] {c['overflow_total']} values, [yellow]underflow to "
+            f"zero[/] {c['underflow_total']} values"
         )

@@ -195,7 +195,9 @@ def test_regex_identity_match_is_not_unmatched() -> None:
 
 def test_regex_conflict_names_both_keys() -> None:
     keys = ["layer1.weight", "layer2.weight"]
-    with pytest.raises(SurgeryError, match=r"'layer1\.weight' and 'layer2\.weight'.*'layer\.weight'"):
+    with pytest.raises(
+        SurgeryError, match=r"'layer1\.weight' and 'layer2\.weight'.*'layer\.weight'"
+    ):
         regex_plan(keys, [r"layer\d=layer"])
 
 
@@ -310,8 +312,20 @@ def test_regex_metadata_follows_keys() -> None:
     sd = ConvNet().state_dict()
     plan = regex_plan(list(sd), [r"^layer(\d)\.=block\1."])
     got = rename_metadata(sd._metadata, plan.meta_fn)
-    assert set(got) == {"", "block1", "block1.0", "block1.1", "block1.2", "block1.3",
-                        "block2", "block2.0", "block2.1", "block2.2", "block2.3", "fc"}
+    assert set(got) == {
+        "",
+        "block1",
+        "block1.0",
+        "block1.1",
+        "block1.2",
+        "block1.3",
+        "block2",
+        "block2.0",
+        "block2.1",
+        "block2.2",
+        "block2.3",
+        "fc",
+    }
     assert got["block1.1"] == sd._metadata["layer1.1"]  # BN version 2 kept
 
 

@@ -36,8 +36,19 @@ from ckpt_tool.seed_models import ConvNet, SigmoidNet, mlp
 
 TMP_MARK = ".ckpt-tmp-"
 REPORT_KEYS = {
-    "command", "input", "output", "dry_run", "written", "weights_key", "total_keys",
-    "changed", "unchanged", "groups", "changes", "unmatched_maps", "notes",
+    "command",
+    "input",
+    "output",
+    "dry_run",
+    "written",
+    "weights_key",
+    "total_keys",
+    "changed",
+    "unchanged",
+    "groups",
+    "changes",
+    "unmatched_maps",
+    "notes",
 }
 WRITTEN_KEYS = {"format", "bytes", "verified"}
 
@@ -80,7 +91,7 @@ def assert_same_obj(a: Any, b: Any, path: str = "root") -> None:
             assert_same_obj(a[k], b[k], f"{path}[{k!r}]")
     elif isinstance(b, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_obj(x, y, f"{path}[{i}]")
     elif isinstance(b, argparse.Namespace):
         assert vars(a) == vars(b), path
@@ -157,7 +168,7 @@ def build(name: str, seed: int = 0) -> nn.Module:
     else:
         raise ValueError(name)
     with torch.no_grad():
-        for bname, buf in model.named_buffers():
+        for buf in model.buffers():
             if buf.is_floating_point():
                 buf.add_(torch.rand_like(buf))
             else:
@@ -239,9 +250,7 @@ def wrapped_checkpoint(name: str, wrapper: str, folder: Path, ddp_dir: Path) -> 
     return path
 
 
-CASES = [
-    (m, w) for m in MODELS for w in WRAPPERS if m != "resnet18" or w in RESNET_WRAPPERS
-]
+CASES = [(m, w) for m in MODELS for w in WRAPPERS if m != "resnet18" or w in RESNET_WRAPPERS]
 
 
 @pytest.mark.parametrize(("name", "wrapper"), CASES, ids=[f"{m}-{w}" for m, w in CASES])
@@ -262,7 +271,8 @@ def test_real_wrappers_strip_add_roundtrip(
     assert rep["written"] is True and rep["verified"] is True and rep["format"] == "pth"
     assert rep["total_keys"] == rep["changed"] == len(wrapped_sd) and rep["unchanged"] == 0
     assert [g["rule"] for g in rep["groups"]] and prefix in rep["groups"][0]["rule"]
-    assert rep["changes"][0] == {"from": prefix + list(reference)[0], "to": list(reference)[0]}
+    first = next(iter(reference))
+    assert rep["changes"][0] == {"from": prefix + first, "to": first}
     sd = tload(out)
     assert_same_tensors(sd, reference)
     fresh = build(name, seed=1)
@@ -410,7 +420,8 @@ def test_lightning_to_safetensors_refused_then_extract(tmp_path: Path) -> None:
     src = copy_fixture("lightning.ckpt", tmp_path)
     refused(
         ["strip-module", src, "--prefix", "model.", "-o", tmp_path / "x.safetensors"],
-        tmp_path, r"optimizer|training state|extract",
+        tmp_path,
+        r"optimizer|training state|extract",
     )
 
 
@@ -435,8 +446,18 @@ def test_timm_training_dict_and_weights_choice(tmp_path: Path) -> None:
 def test_rename_in_order_and_unmatched(tmp_path: Path) -> None:
     src = copy_fixture("mlp.pth", tmp_path)
     code, rep = run_json(
-        ["rename", src, "--map", r"^fc(\d)\.=layer\1.", "--map", r"^layer2\.=head.",
-         "--map", "nomatch=x", "-o", tmp_path / "r.pth"]
+        [
+            "rename",
+            src,
+            "--map",
+            r"^fc(\d)\.=layer\1.",
+            "--map",
+            r"^layer2\.=head.",
+            "--map",
+            "nomatch=x",
+            "-o",
+            tmp_path / "r.pth",
+        ]
     )
     assert code == 0, rep
     assert rep["unmatched_maps"] == ["nomatch=x"]
@@ -444,15 +465,18 @@ def test_rename_in_order_and_unmatched(tmp_path: Path) -> None:
     got = tload(tmp_path / "r.pth")
     assert list(got) == ["layer1.weight", "layer1.bias", "head.weight", "head.bias"]
     assert_same_tensors(
-        dict(zip(got, got.values())), dict(zip(got, tload(src).values()))
+        dict(zip(got, got.values(), strict=True)), dict(zip(got, tload(src).values(), strict=True))
     )
     assert {c["from"]: c["to"] for c in rep["changes"]}["fc2.bias"] == "head.bias"
 
 
 def test_rename_conflict_names_both(tmp_path: Path) -> None:
     src = copy_fixture("mlp.pth", tmp_path)
-    line = refused(["rename", src, "--map", r"^fc\d=fc", "-o", tmp_path / "r.pth"], tmp_path,
-                   r"fc1\.weight.*fc2\.weight")
+    line = refused(
+        ["rename", src, "--map", r"^fc\d=fc", "-o", tmp_path / "r.pth"],
+        tmp_path,
+        r"fc1\.weight.*fc2\.weight",
+    )
     assert "fc.weight" in line
 
 
@@ -466,8 +490,12 @@ def test_rename_bad_regex_is_usage_error(tmp_path: Path) -> None:
 
 def _partial_ckpt(folder: Path) -> Path:
     sd = OrderedDict(
-        [("module.a.weight", torch.ones(2)), ("module.b.weight", torch.zeros(2)),
-         ("c.weight", torch.full((2,), 3.0)), ("d.weight", torch.full((3,), 4.0))]
+        [
+            ("module.a.weight", torch.ones(2)),
+            ("module.b.weight", torch.zeros(2)),
+            ("c.weight", torch.full((2,), 3.0)),
+            ("d.weight", torch.full((3,), 4.0)),
+        ]
     )
     path = folder / "partial.pth"
     torch.save(sd, path)
@@ -493,7 +521,7 @@ def test_add_module_custom_prefix(tmp_path: Path) -> None:
     src = copy_fixture("mlp.pth", tmp_path)
     code, rep = run_json(["add-module", src, "--prefix", "model.", "-o", tmp_path / "l.pth"])
     assert code == 0, rep
-    assert list(tload(tmp_path / "l.pth"))[0] == "model.fc1.weight"
+    assert next(iter(tload(tmp_path / "l.pth"))) == "model.fc1.weight"
 
 
 def test_strip_nothing_to_strip(tmp_path: Path) -> None:
@@ -523,8 +551,15 @@ def test_extract_training_dict_keeps_metadata_drops_the_rest(tmp_path: Path) -> 
     model(torch.randn(2, 1, 28, 28)).sum().backward()
     opt.step()
     src = tmp_path / "train.pth"
-    torch.save({"epoch": 4, "model_state_dict": model.state_dict(),
-                "optimizer_state_dict": opt.state_dict(), "loss": 0.5}, src)
+    torch.save(
+        {
+            "epoch": 4,
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": opt.state_dict(),
+            "loss": 0.5,
+        },
+        src,
+    )
     code, rep = run_json(["extract", src, "-o", tmp_path / "w.pth"])
     assert code == 0, rep
     assert rep["weights_key"] == "model_state_dict"
@@ -602,7 +637,7 @@ def test_output_format_safetensors(tmp_path: Path) -> None:
     code, rep = run_json(["strip-module", src, "-o", out])
     assert code == 0 and rep["format"] == "safetensors", rep
     orig = tload(src)
-    assert_same_tensors(load_file(out), {k[len("module."):]: v for k, v in orig.items()})
+    assert_same_tensors(load_file(out), {k[len("module.") :]: v for k, v in orig.items()})
 
 
 def test_unsupported_extension_refused(tmp_path: Path) -> None:
@@ -664,9 +699,11 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert rep["output"] == str(tmp_path / "convnet_dataparallel.stripped.pth")
     assert rep["changed"] == 16 and len(rep["changes"]) == 16
     assert set(rep) >= REPORT_KEYS
-    for cmd in (["add-module", copy_fixture("mlp.pth", tmp_path)],
-                ["rename", tmp_path / "mlp.pth", "--map", "fc=x"],
-                ["extract", src, "-o", tmp_path / "sub.safetensors"]):
+    for cmd in (
+        ["add-module", copy_fixture("mlp.pth", tmp_path)],
+        ["rename", tmp_path / "mlp.pth", "--map", "fc=x"],
+        ["extract", src, "-o", tmp_path / "sub.safetensors"],
+    ):
         before = listing(tmp_path)
         code, rep = run_json([*cmd, "--dry-run"])
         assert code == 0 and rep["written"] is False, rep
@@ -700,10 +737,16 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["plain", "symlink", "hardlink", "relative"])
-def test_output_equal_to_input_refused(tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_output_equal_to_input_refused(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = copy_fixture("convnet_dataparallel.pth", tmp_path)
-    out = {"plain": src, "relative": Path("convnet_dataparallel.pth"),
-           "symlink": tmp_path / "link.pth", "hardlink": tmp_path / "hard.pth"}[how]
+    out = {
+        "plain": src,
+        "relative": Path("convnet_dataparallel.pth"),
+        "symlink": tmp_path / "link.pth",
+        "hardlink": tmp_path / "hard.pth",
+    }[how]
     if how == "symlink":
         out.symlink_to(src)
     elif how == "hardlink":
@@ -751,7 +794,7 @@ def test_in_place_through_symlink_rewrites_the_target(tmp_path: Path) -> None:
     code, rep = run_json(["strip-module", link, "--in-place"])
     assert code == 0, rep
     assert link.is_symlink(), "the user's symlink was replaced by a regular file"
-    assert list(tload(real))[0] == "layer1.0.weight"
+    assert next(iter(tload(real))) == "layer1.0.weight"
 
 
 def test_in_place_dry_run_writes_nothing(tmp_path: Path) -> None:
@@ -790,8 +833,10 @@ def test_output_folder_not_writable_chmod(tmp_path: Path) -> None:
     ro.chmod(0o500)
     try:
         if os.geteuid() == 0 or os.access(ro, os.W_OK):
-            pytest.skip("running as root: chmod 0o500 does not stop writes (see the /proc "
-                        "and RLIMIT_FSIZE tests for unwritable targets)")
+            pytest.skip(
+                "running as root: chmod 0o500 does not stop writes (see the /proc "
+                "and RLIMIT_FSIZE tests for unwritable targets)"
+            )
         refused(["strip-module", src, "-o", ro / "o.pth"], tmp_path, "not writable|cannot create")
         assert listing(ro) == []
     finally:
@@ -813,21 +858,30 @@ def _fsize_limit(limit: int):  # type: ignore[no-untyped-def]
     return pre
 
 
-def _run_ckpt(args: list[Any], preexec: Any = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run_ckpt(
+    args: list[Any], preexec: Any = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("CKPT_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "ckpt_tool", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, preexec_fn=preexec,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+        preexec_fn=preexec,
     )
 
 
 def _two_mb_checkpoint(folder: Path) -> Path:
     g = torch.Generator().manual_seed(0)
     sd = OrderedDict(
-        [("module.big.weight", torch.rand(512, 1024, generator=g)),
-         ("module.big.bias", torch.rand(512, generator=g)),
-         ("module.bn.num_batches_tracked", torch.tensor(3))]
+        [
+            ("module.big.weight", torch.rand(512, 1024, generator=g)),
+            ("module.big.bias", torch.rand(512, generator=g)),
+            ("module.bn.num_batches_tracked", torch.tensor(3)),
+        ]
     )
     path = folder / "two_mb.pth"
     torch.save(sd, path)
@@ -883,7 +937,9 @@ def test_sigkill_mid_write_leaves_valid_or_nothing(tmp_path: Path) -> None:
     for delay in delays:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ckpt_tool", "strip-module", str(src), "-o", str(out)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
@@ -920,7 +976,10 @@ def test_sigint_cleans_up(tmp_path: Path) -> None:
     for delay in (0.3, 0.45, 0.6):
         proc = subprocess.Popen(
             [sys.executable, "-m", "ckpt_tool", "strip-module", str(src), "-o", str(out)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)

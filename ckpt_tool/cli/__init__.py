@@ -8,6 +8,7 @@ import typer
 
 from ckpt_tool import __version__
 
+from .convert_cmd import cast, convert
 from .inspect_cmd import inspect
 from .surgery_cmd import add_module, extract, rename, strip_module
 
@@ -44,6 +45,8 @@ app.command("strip-module", rich_help_panel="Edit")(strip_module)
 app.command("add-module", rich_help_panel="Edit")(add_module)
 app.command(rich_help_panel="Edit")(rename)
 app.command(rich_help_panel="Edit")(extract)
+app.command(rich_help_panel="Edit")(cast)
+app.command(rich_help_panel="Edit")(convert)
 
 
 def main() -> None:

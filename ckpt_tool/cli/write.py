@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ckpt_tool import render
 from ckpt_tool.checkpoint import Checkpoint
 from ckpt_tool.edit import Output, save
-from ckpt_tool.formats.writer import resolve_output
+from ckpt_tool.formats.writer import Sources, resolve_output
 
 
 def default_ext(ckpt: Checkpoint) -> str | None:
@@ -31,8 +32,13 @@ def finish(
     dry_run: bool,
     verify: bool,
     json_out: bool,
+    sources: Sources | None = None,
+    late_report: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
-    """Resolve the target (same refusals in a dry run), write it unless dry-run, print."""
+    """Resolve the target (same refusals in a dry run), write it unless dry-run, print.
+
+    `late_report` adds what is only known after writing (e.g. cast statistics).
+    """
     target = resolve_output(
         ckpt.path, output, tag=tag, force=force, in_place=in_place, ext=default_ext(ckpt)
     )
@@ -47,11 +53,20 @@ def finish(
         "notes": list(out.notes) + list(report.get("notes", [])),
     }
     if not dry_run:
-        result = save(ckpt, out, target, verify=verify)
+        result = save(ckpt, out, target, verify=verify, sources=sources)
         report.update(
             written=True, format=result.format, bytes=result.bytes, verified=result.verified
         )
         report["notes"] += [n for n in result.notes if n not in report["notes"]]
+    emit(report, late_report, json_out)
+
+
+def emit(
+    report: dict[str, Any], late_report: Callable[[], dict[str, Any]] | None, json_out: bool
+) -> None:
+    """Print a write command's report as JSON or tables."""
+    if late_report is not None:
+        report.update(late_report())
     if json_out:
         render.print_json(report)
     else:

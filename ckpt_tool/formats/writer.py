@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 TMP_MARK = ".ckpt-tmp-"
-ALIASES_META_KEY = "ckpt.aliases"
+ALIASES_META_KEY = "ckpt.aliases"  # same name as checkpoint.ALIASES_META_KEY (no import cycle)
 
 
 # --- choosing the output path ------------------------------------------------------------------
@@ -86,8 +86,13 @@ def resolve_output(
     else:
         target = output if output is not None else derived_name(src, tag, ext)
     output_format(target)
+    if target.is_symlink():
+        # write through the link, as cp does: the file it names is what the user means
+        target = Path(os.path.realpath(target))
     if target.is_dir():
         raise OutputRefused(f"{target}: is a folder; give a file name for the output")
+    if target.exists() and not target.is_file():
+        raise OutputRefused(f"{target}: exists and is not a regular file; choose another -o")
     if not in_place and target.exists():
         if _same_file(src, target):
             raise OutputRefused(
@@ -144,7 +149,9 @@ def atomic_file(target: Path) -> Iterator[tuple[BinaryIO, Path]]:
     clean_stale_temps(folder, target.name)
     tmp = folder / f".{target.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        if target.exists():  # replacing a file keeps its permissions (a private 0600 stays so)
+            os.fchmod(fd, target.stat().st_mode & 0o7777)
     except OSError as exc:
         raise OutputRefused(
             f"{target}: cannot create a file in {folder} ({exc.strerror})"

@@ -1,0 +1,231 @@
+"""Applying a freeze state: to a checkpoint's weights (`ckpt freeze`) and to a live model.
+
+`apply_freeze(model, path)` is the library side of DESIGN "Freeze state": it reads what
+`ckpt freeze` recorded (Parameters' requires_grad in .pth, `ckpt.frozen` in safetensors) and
+sets it on a model, and keeps the recorded BatchNorm layers in eval mode (see docs/freeze.md).
+torch is imported only when a live model is involved.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ckpt_tool.checkpoint import Checkpoint, TensorEntry, as_record, load
+from ckpt_tool.edit import Output, rebuild, weight_items
+from ckpt_tool.errors import SurgeryError
+from ckpt_tool.formats.safe_pickle import TensorRecord
+from ckpt_tool.surgery.freeze import BN_EVAL_FIELD, CountRow, FreezePlan, bare, can_train
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def bare_path(module_path: str) -> str:
+    """A module path without its wrapper chain ('module.layer1.1' -> 'layer1.1')."""
+    return bare(module_path + ".").rstrip(".") if module_path else module_path
+
+
+def is_parameter(ckpt: Checkpoint, entry: TensorEntry) -> bool:
+    """A parameter by what the file records (Parameters present) or else by its name."""
+    if ckpt.frozen_recorded:
+        return entry.record.is_parameter
+    return entry.kind == "parameter"
+
+
+def kinds_inferred(ckpt: Checkpoint) -> bool:
+    """True when parameters and buffers are told apart by name, not by the file."""
+    return not ckpt.frozen_recorded and ckpt.layout != "module"
+
+
+def parameter_state(ckpt: Checkpoint) -> tuple[dict[str, bool], list[str]]:
+    """Freezable parameter key -> requires_grad (True when unrecorded), and every other key."""
+    params: dict[str, bool] = {}
+    others: list[str] = []
+    for key, e in ckpt.tensors.items():
+        if is_parameter(ckpt, e) and can_train(e.dtype):
+            params[key] = e.record.requires_grad if e.record.is_parameter else True
+        else:
+            others.append(key)
+    return params, others
+
+
+def _view(rec: TensorRecord) -> tuple[Any, ...]:
+    if rec.storage is None:
+        return (id(rec),)
+    return (id(rec.storage), rec.offset, rec.shape, rec.stride, rec.dtype)
+
+
+def checkpoint_rows(ckpt: Checkpoint) -> list[CountRow]:
+    """Count rows for a checkpoint's tensors; tied tensors (same storage view) marked."""
+    seen: set[tuple[Any, ...]] = set()
+    rows = []
+    for key, e in ckpt.tensors.items():
+        view = _view(e.record)
+        param = is_parameter(ckpt, e)
+        trainable = (
+            param
+            and can_train(e.dtype)
+            and (e.record.requires_grad if e.record.is_parameter else True)
+        )
+        rows.append(CountRow(key, param, e.numel, e.dtype, e.nbytes, trainable, view in seen))
+        seen.add(view)
+    return rows
+
+
+def model_rows(model: nn.Module) -> list[CountRow]:
+    """Count rows for a live model's state_dict; tied parameters counted once, as parameters()."""
+    from torch import nn
+
+    seen: set[int] = set()
+    rows = []
+    for key, t in model.state_dict(keep_vars=True).items():
+        param = isinstance(t, nn.Parameter)
+        dtype = str(t.dtype).removeprefix("torch.")
+        nbytes = t.numel() * t.element_size()
+        trainable = param and bool(t.requires_grad)
+        rows.append(CountRow(key, param, t.numel(), dtype, nbytes, trainable, id(t) in seen))
+        seen.add(id(t))
+    return rows
+
+
+# --- checkpoint output --------------------------------------------------------------------------
+
+
+def freeze_checkpoint(ckpt: Checkpoint, plan: FreezePlan) -> Output:
+    """The checkpoint with the plan's requires_grad on Parameters and BatchNorm eval marks.
+
+    Every planned parameter becomes a Parameter record (plain state_dicts gain the freeze
+    state); the eval marks go to the weights' `_metadata` (ignored by load_state_dict).
+    """
+    memo: dict[int, TensorRecord] = {}
+    items: list[tuple[str, Any]] = []
+    for key, value in weight_items(ckpt):
+        rec = as_record(value)
+        if rec is not None and key in plan.after:
+            new = memo.get(id(rec))
+            if new is None:
+                new = dataclasses.replace(rec, is_parameter=True, requires_grad=plan.after[key])
+                memo[id(rec)] = new
+            items.append((key, new))
+        else:
+            items.append((key, value))
+    out = rebuild(ckpt, items)
+    if plan.bn_eval_before or plan.bn_eval_after:
+        _mark_bn_eval(out, plan.bn_eval_after)
+    return out
+
+
+def _mark_bn_eval(out: Output, paths: list[str]) -> None:
+    """Set the eval marks in the weights' `_metadata`, copying it (the input's stays as read)."""
+    container = out.root[out.weights_key] if out.weights_key is not None else out.root
+    old = getattr(container, "_metadata", None)
+    meta: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+    if isinstance(old, dict):
+        for path, info in old.items():
+            if isinstance(info, dict):
+                info = {k: v for k, v in info.items() if k != BN_EVAL_FIELD}
+            meta[path] = info
+    for path in paths:
+        info = meta.get(path)
+        if not isinstance(info, dict):
+            info = meta[path] = {}
+        info[BN_EVAL_FIELD] = True
+    if not isinstance(container, collections.OrderedDict):
+        container = collections.OrderedDict(container)
+        if out.weights_key is not None:
+            out.root[out.weights_key] = container
+        else:
+            out.root = container
+        out.notes.append("weights written as an OrderedDict, to carry the BatchNorm eval marks")
+    container._metadata = meta  # type: ignore[attr-defined]
+
+
+# --- live models --------------------------------------------------------------------------------
+
+
+@dataclass
+class AppliedFreeze:
+    """What apply_freeze did: names are the model's own."""
+
+    recorded: bool  # the checkpoint records a freeze state (else nothing was changed)
+    frozen: list[str] = field(default_factory=list)  # parameters now requires_grad=False
+    trainable: list[str] = field(default_factory=list)  # parameters set requires_grad=True
+    bn_eval: list[str] = field(default_factory=list)  # modules kept in eval mode
+    missing: list[str] = field(default_factory=list)  # model parameters the file does not name
+    unexpected: list[str] = field(default_factory=list)  # file parameters/BN not in the model
+
+
+class _KeepEval:
+    """Stands in for a BatchNorm module's `train`: whatever mode is asked, it stays in eval."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        return type(self.module).train(self.module, False)
+
+
+def _keep_eval_hook(module: nn.Module, args: Any) -> None:
+    # a safety net for code that sets `.training = True` directly instead of calling train()
+    if module.training:
+        module.training = False
+
+
+def keep_in_eval(module: nn.Module) -> None:
+    """Put a module in eval mode and keep it there through later `model.train()` calls."""
+    if isinstance(module.__dict__.get("train"), _KeepEval):
+        return
+    module.eval()
+    module.train = _KeepEval(module)  # type: ignore[method-assign]
+    module.register_forward_pre_hook(_keep_eval_hook)
+
+
+def apply_freeze(
+    model: nn.Module, checkpoint: Checkpoint | str | os.PathLike[str], weights: str | None = None
+) -> AppliedFreeze:
+    """Set requires_grad on model's parameters, and keep BatchNorm layers in eval, as recorded.
+
+    checkpoint is a path or a loaded `Checkpoint` (read metadata only; no tensor bytes, no
+    code runs). Wrapper prefixes (`module.`, `_orig_mod.`) are ignored on both sides. Model
+    parameters the file does not name, and everything when the file records no freeze state
+    (a plain state_dict), are left as they are.
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint, weights)
+    state = {
+        bare(k): e.record.requires_grad
+        for k, e in ckpt.tensors.items()
+        if ckpt.frozen_recorded and e.record.is_parameter
+    }
+    bn = [bare_path(p) for p in ckpt.bn_eval]
+    named = {bare(n): (n, p) for n, p in model.named_parameters()}
+    if state and not state.keys() & named.keys() and all(k.startswith("model.") for k in state):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+        bn = [p.removeprefix("model.") for p in bn]
+    if state and not state.keys() & named.keys():
+        raise SurgeryError(
+            f"{ckpt.path}: none of its {len(state)} parameters is a parameter of the model "
+            f"(file: {next(iter(state))!r}, model: {next(iter(named), '(none)')!r}); check "
+            "that the model is the architecture the checkpoint was made for"
+        )
+    result = AppliedFreeze(recorded=ckpt.frozen_recorded)
+    for key, (name, param) in named.items():
+        if key not in state:
+            if state:
+                result.missing.append(name)
+            continue
+        param.requires_grad_(state[key])
+        (result.trainable if state[key] else result.frozen).append(name)
+    result.unexpected = [k for k in state if k not in named]
+    modules = {bare_path(n): (n, m) for n, m in model.named_modules()}
+    for path in bn:
+        if path in modules:
+            name, module = modules[path]
+            keep_in_eval(module)
+            result.bn_eval.append(name)
+        else:
+            result.unexpected.append(path)
+    return result

@@ -1,0 +1,325 @@
+"""`ckpt cast` and `ckpt convert`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ckpt_tool import render
+from ckpt_tool.checkpoint import Checkpoint, load
+from ckpt_tool.cli.common import (
+    DryRunOpt,
+    ForceOpt,
+    InPlaceOpt,
+    InputArg,
+    JsonOpt,
+    NoVerifyOpt,
+    OutputOpt,
+    WeightsOpt,
+    boundary,
+)
+from ckpt_tool.cli.write import emit, finish
+from ckpt_tool.convert import (
+    Casting,
+    cast_weights,
+    materialise,
+    parse_size,
+    replace_items,
+    write_dcp,
+    write_sharded,
+)
+from ckpt_tool.edit import rebuild, refuse_dangerous, safetensors_metadata, weight_items
+from ckpt_tool.errors import UsageError
+from ckpt_tool.formats import writer
+from ckpt_tool.surgery.cast import parse_dtype, plan_cast
+
+KeepOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--keep", metavar="GLOB", help="Keep matching tensors in their dtype (repeatable)."
+    ),
+]
+KeepNormOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-norm",
+        help="Hold normalisation layers (BatchNorm, LayerNorm, "
+        "GroupNorm: weights and running stats) in float32.",
+    ),
+]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Values overflowing the target dtype are an error (exit 3) instead of a warning.",
+    ),
+]
+_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
+
+
+def _casting(
+    ckpt: Checkpoint, dtype: str, keep: list[str] | None, keep_norm: bool, strict: bool
+) -> Casting:
+    entries = [(k, e.dtype, e.shape) for k, e in ckpt.tensors.items()]
+    plan = plan_cast(entries, parse_dtype(dtype), keep or [], keep_norm)
+    return cast_weights(ckpt, plan, strict)
+
+
+def _warn_overflow(report: dict[str, Any]) -> None:
+    if report.get("overflow_total"):
+        render.warn(
+            f"{report['overflow_total']} values overflowed to inf in "
+            f"{', '.join(report['overflowing'][:4])}; keep them with --keep/--keep-norm, or "
+            "use --strict to refuse"
+        )
+
+
+@boundary
+def cast(
+    path: InputArg,
+    dtype: Annotated[str, typer.Option("--dtype", "-t", help="fp16, bf16, fp32 or fp64.")],
+    keep: KeepOpt = None,
+    keep_norm: KeepNormOpt = False,
+    strict: StrictOpt = False,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    in_place: InPlaceOpt = False,
+    dry_run: DryRunOpt = False,
+    no_verify: NoVerifyOpt = False,
+    weights: WeightsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Cast floating-point weights (integers and bools keep their dtype); the rest survives.
+
+    Example: ckpt cast model.pth --dtype fp16 --keep-norm      (writes model.fp16.pth)
+    """
+    ckpt = load(path, weights=weights)
+    refuse_dangerous(ckpt)
+    casting = _casting(ckpt, dtype, keep, keep_norm, strict)
+    out = rebuild(ckpt, replace_items(weight_items(ckpt), casting.records))
+    if dry_run:
+        casting.drain()
+    with casting.reader:
+        finish(
+            "cast",
+            ckpt,
+            out,
+            {},
+            output=output,
+            tag=_SHORT[casting.plan.dtype],
+            force=force,
+            in_place=in_place,
+            dry_run=dry_run,
+            verify=not no_verify,
+            json_out=json_out,
+            sources=casting.sources,
+            late_report=lambda: _cast_report(ckpt, casting),
+        )
+
+
+def _cast_report(ckpt: Checkpoint, casting: Casting) -> dict[str, Any]:
+    report = casting.report(ckpt)
+    _warn_overflow(report)
+    return {"cast_report": report}
+
+
+@boundary
+def convert(
+    path: InputArg,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="OUT",
+            help="Output: .pth/.pt/.bin/.ckpt, .safetensors, or a folder with --to-dcp.",
+        ),
+    ],
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", "-t", help="Cast on the way: fp16, bf16, fp32.")
+    ] = None,
+    keep: KeepOpt = None,
+    keep_norm: KeepNormOpt = False,
+    strict: StrictOpt = False,
+    max_shard_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-shard-size",
+            metavar="SIZE",
+            help="Write sharded safetensors (Hugging Face names + index.json), e.g. 5GB.",
+        ),
+    ] = None,
+    to_dcp: Annotated[
+        bool, typer.Option("--to-dcp", help="Write a torch.distributed.checkpoint folder.")
+    ] = False,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    no_verify: NoVerifyOpt = False,
+    weights: WeightsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Convert any readable checkpoint's weights to .pth, .safetensors (sharded) or DCP.
+
+    Example: ckpt convert model.pth -o model.safetensors --dtype bf16
+    """
+    ckpt = load(path, weights=weights)
+    refuse_dangerous(ckpt)
+    casting = _casting(ckpt, dtype, keep, keep_norm, strict) if dtype else None
+    items = weight_items(ckpt)
+    if casting is not None:
+        items = replace_items(items, casting.records)
+    out = rebuild(ckpt, items, weights_only=True)
+    sources = casting.sources if casting else writer.Sources(ckpt)
+    base: dict[str, Any] = {
+        "input_format": ckpt.format,
+        "layout": ckpt.layout,
+        "tensors": len(out.weights),
+    }
+
+    def late() -> dict[str, Any]:
+        if casting is None:
+            return {}
+        return _cast_report(ckpt, casting)
+
+    if dry_run and casting is not None:
+        casting.drain()
+    if to_dcp:
+        _convert_to_dcp(
+            ckpt,
+            out.weights,
+            sources,
+            output,
+            base,
+            force=force,
+            dry_run=dry_run,
+            verify=not no_verify,
+            json_out=json_out,
+            late=late,
+        )
+    elif max_shard_size is not None:
+        if writer.output_format(output) != "safetensors":
+            raise UsageError("--max-shard-size needs a .safetensors output")
+        _convert_sharded(
+            ckpt,
+            out.weights,
+            sources,
+            output,
+            parse_size(max_shard_size),
+            base,
+            force=force,
+            dry_run=dry_run,
+            verify=not no_verify,
+            json_out=json_out,
+            late=late,
+            notes=out.notes,
+        )
+    else:
+        finish(
+            "convert",
+            ckpt,
+            out,
+            base,
+            output=output,
+            tag="converted",
+            force=force,
+            in_place=False,
+            dry_run=dry_run,
+            verify=not no_verify,
+            json_out=json_out,
+            sources=sources,
+            late_report=late,
+        )
+    if casting is not None:
+        casting.reader.close()
+
+
+def _convert_sharded(
+    ckpt: Checkpoint,
+    records: dict[str, Any],
+    sources: writer.Sources,
+    output: Path,
+    max_bytes: int,
+    base: dict[str, Any],
+    *,
+    force: bool,
+    dry_run: bool,
+    verify: bool,
+    json_out: bool,
+    late: Any,
+    notes: list[str],
+) -> None:
+    from ckpt_tool.convert import plan_shards
+
+    target = writer.resolve_output(ckpt.path, output, tag="converted", force=force, in_place=False)
+    backed = writer.storage_backed(records, sources)
+    report: dict[str, Any] = {
+        "command": "convert",
+        "input": str(ckpt.path),
+        "output": str(target),
+        "dry_run": dry_run,
+        "written": False,
+        "weights_key": ckpt.weights_key,
+        **base,
+        "notes": list(notes),
+    }
+    if dry_run:
+        plan = plan_shards(backed, target, max_bytes)
+        report["shards"] = plan.names
+    else:
+        meta = safetensors_metadata(ckpt, backed)
+        results, index, plan = write_sharded(
+            backed, target, sources, meta, max_bytes, force=force, verify=verify
+        )
+        report.update(
+            written=True,
+            format="safetensors",
+            verified=verify,
+            bytes=sum(r.bytes for r in results),
+            shards=[str(r.path) for r in results],
+            index=str(index) if index else None,
+        )
+        if index is not None:
+            report["output"] = str(index)
+    if len(plan.names) == 1:
+        report["notes"].append("everything fits in one file; no index written")
+    for key in plan.oversized:
+        report["notes"].append(
+            f"tensor {key!r} is larger than --max-shard-size: it got a shard of its own"
+        )
+    emit(report, late, json_out)
+
+
+def _convert_to_dcp(
+    ckpt: Checkpoint,
+    records: dict[str, Any],
+    sources: writer.Sources,
+    output: Path,
+    base: dict[str, Any],
+    *,
+    force: bool,
+    dry_run: bool,
+    verify: bool,
+    json_out: bool,
+    late: Any,
+) -> None:
+    if output.exists() and not force:
+        from ckpt_tool.errors import OutputRefused
+
+        raise OutputRefused(f"{output}: already exists; pass --force to overwrite it")
+    report: dict[str, Any] = {
+        "command": "convert",
+        "input": str(ckpt.path),
+        "output": str(output),
+        "dry_run": dry_run,
+        "written": False,
+        "weights_key": ckpt.weights_key,
+        **base,
+        "notes": [],
+    }
+    if not dry_run:
+        tensors = materialise(ckpt, records, sources)
+        size = write_dcp(tensors, output, force=force, verify=verify)
+        report.update(written=True, format="dcp", bytes=size, verified=verify)
+    emit(report, late, json_out)

@@ -1,0 +1,325 @@
+"""Casting and converting whole checkpoints: cast records with streamed bytes, sharded
+safetensors output, and DCP output through torch's own writer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import warnings
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckpt_tool.checkpoint import Checkpoint, TensorEntry
+from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
+from ckpt_tool.formats import writer
+from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord
+from ckpt_tool.surgery.cast import CastPlan, CastStats, cast_stream, module_errors
+from ckpt_tool.tensors import TensorReader
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 10**3,
+    "KB": 10**3,
+    "M": 10**6,
+    "MB": 10**6,
+    "G": 10**9,
+    "GB": 10**9,
+    "T": 10**12,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB', '1000000' -> bytes (decimal units, as Hugging Face uses)."""
+    m = _SIZE.match(text)
+    unit = (m.group(2) or "").upper() if m else ""
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise UsageError(f"--max-shard-size {text!r}: expected a size such as 5GB or 500MB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+@dataclass
+class Casting:
+    """Cast weights: new records whose bytes are produced on the fly, and what casting did."""
+
+    plan: CastPlan
+    records: dict[str, TensorRecord]
+    stats: dict[str, CastStats]
+    sources: writer.Sources
+    reader: TensorReader
+
+    def drain(self) -> None:
+        """Run every cast without writing (dry run), to fill the statistics."""
+        seen: set[int] = set()
+        for rec in self.records.values():
+            storage = rec.storage
+            if storage is None or id(storage) in seen:
+                continue
+            seen.add(id(storage))
+            produce = self.sources.streams.get(id(storage))
+            if produce is not None:
+                for _ in produce():
+                    pass
+
+    def report(self, ckpt: Checkpoint) -> dict[str, Any]:
+        before: Counter[str] = Counter()
+        after: Counter[str] = Counter()
+        for key, e in ckpt.tensors.items():
+            before[e.dtype] += e.nbytes
+            after[self.records[key].dtype] += self.records[key].nbytes
+        rows = []
+        for key, target in self.plan.targets.items():
+            s = self.stats.get(key)
+            rows.append(
+                {
+                    "key": key,
+                    "from": ckpt.tensors[key].dtype,
+                    "to": target or ckpt.tensors[key].dtype,
+                    "reason": self.plan.reasons[key],
+                    "overflow": s.overflow if s else 0,
+                    "underflow": s.underflow if s else 0,
+                    "rel_error": s.rel_error if s else 0.0,
+                    "max_abs_error": s.max_abs_error if s else 0.0,
+                }
+            )
+        return {
+            "dtype": self.plan.dtype,
+            "cast": len(self.plan.cast_keys),
+            "kept": len(self.plan.targets) - len(self.plan.cast_keys),
+            "bytes_before": dict(sorted(before.items())),
+            "bytes_after": dict(sorted(after.items())),
+            "total_before": sum(before.values()),
+            "total_after": sum(after.values()),
+            "overflow_total": sum(r["overflow"] for r in rows),
+            "underflow_total": sum(r["underflow"] for r in rows),
+            "overflowing": [r["key"] for r in rows if r["overflow"]],
+            "modules": module_errors(self.stats),
+            "unused_keep_patterns": self.plan.kept_patterns_unused,
+            "tensors": rows,
+        }
+
+
+def cast_weights(ckpt: Checkpoint, plan: CastPlan, strict: bool) -> Casting:
+    """Records for the cast weights; tensors that shared one record stay shared."""
+    sources = writer.Sources(ckpt)
+    reader = TensorReader(ckpt)
+    records: dict[str, TensorRecord] = {}
+    stats: dict[str, CastStats] = {}
+    by_record: dict[int, TensorRecord] = {}
+    for key, entry in ckpt.tensors.items():
+        target = plan.targets[key]
+        rec = entry.record
+        if target is None:
+            records[key] = rec
+            continue
+        if id(rec) in by_record:
+            records[key] = by_record[id(rec)]
+            continue
+        storage = StorageRef(f"cast:{key}", target, rec.device, rec.numel)
+        new = TensorRecord(
+            storage,
+            0,
+            rec.shape,
+            writer._contiguous_stride(rec.shape),
+            target,
+            rec.requires_grad,
+            rec.is_parameter,
+        )
+        stats[key] = CastStats()
+        sources.add_stream(
+            storage, cast_stream(_viewer(reader, entry), target, stats[key], key, strict)
+        )
+        records[key] = by_record[id(rec)] = new
+    return Casting(plan, records, stats, sources, reader)
+
+
+def _viewer(reader: TensorReader, entry: TensorEntry) -> Callable[[], Any]:
+    return lambda: reader.view(entry)
+
+
+def replace_items(
+    items: list[tuple[str, Any]], records: dict[str, TensorRecord]
+) -> list[tuple[str, Any]]:
+    """Weight items with the tensors swapped for new records, by key."""
+    return [(k, records.get(k, v)) for k, v in items]
+
+
+# --- sharded safetensors --------------------------------------------------------------------
+
+
+@dataclass
+class ShardPlan:
+    """Which keys go to which shard file."""
+
+    names: list[str]
+    keys: list[list[str]]
+    oversized: list[str] = field(default_factory=list)
+
+
+def plan_shards(records: dict[str, TensorRecord], target: Path, max_bytes: int) -> ShardPlan:
+    """Greedy shards in key order, Hugging Face names; a tensor larger than the limit gets a
+    shard of its own. Tied tensors (one record) are stored once, in the first shard."""
+    groups: list[list[str]] = [[]]
+    sizes = [0]
+    oversized: list[str] = []
+    placed: set[int] = set()
+    for key, rec in records.items():
+        if id(rec) in placed:
+            continue
+        placed.add(id(rec))
+        if rec.nbytes > max_bytes:
+            oversized.append(key)
+        if groups[-1] and sizes[-1] + rec.nbytes > max_bytes:
+            groups.append([])
+            sizes.append(0)
+        groups[-1].append(key)
+        sizes[-1] += rec.nbytes
+    n = len(groups)
+    stem = target.name.removesuffix(".safetensors")
+    names = (
+        [target.name]
+        if n == 1
+        else [f"{stem}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
+    return ShardPlan(names, groups, oversized)
+
+
+def write_sharded(
+    records: dict[str, TensorRecord],
+    target: Path,
+    sources: writer.Sources,
+    metadata: dict[str, str],
+    max_bytes: int,
+    *,
+    force: bool,
+    verify: bool,
+) -> tuple[list[writer.WriteResult], Path | None, ShardPlan]:
+    """Each shard written atomically and verified, then the index (written last)."""
+    plan = plan_shards(records, target, max_bytes)
+    if len(plan.names) == 1:
+        return (
+            [writer.write_safetensors(records, target, sources, metadata, verify=verify)],
+            None,
+            plan,
+        )
+    index_path = target.parent / f"{target.name}.index.json"
+    paths = [target.parent / n for n in plan.names]
+    if not force:
+        for p in [*paths, index_path]:
+            if p.exists():
+                raise OutputRefused(f"{p}: already exists; pass --force to overwrite it")
+    by_id = {id(r): k for k, r in records.items()}
+    results = []
+    weight_map: dict[str, str] = {}
+    for name, path, keys in zip(plan.names, paths, plan.keys, strict=True):
+        members = set(keys)
+        shard = {k: r for k, r in records.items() if by_id[id(r)] in members}
+        for k in shard:
+            weight_map[k] = name
+        results.append(writer.write_safetensors(shard, path, sources, metadata, verify=verify))
+    total = sum(r.nbytes for k, r in records.items() if by_id[id(r)] == k)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    data = (json.dumps(index, indent=2) + "\n").encode()
+    try:
+        with writer.atomic_file(index_path) as (f, tmp):
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            writer.commit(tmp, index_path)
+    except OSError as exc:
+        raise WriteFailed(f"{index_path}: write failed ({exc.strerror})") from None
+    return results, index_path, plan
+
+
+# --- DCP ------------------------------------------------------------------------------------
+
+
+def write_dcp(tensors: dict[str, Any], target: Path, *, force: bool, verify: bool) -> int:
+    """Save tensors as a torch.distributed.checkpoint folder (single process), atomically:
+    written beside the target, verified, then renamed into place. Returns bytes on disk."""
+    import torch
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    from torch.distributed.checkpoint.state_dict_saver import save
+
+    if target.exists() and not force:
+        raise OutputRefused(f"{target}: already exists; pass --force to overwrite it")
+    if target.exists() and not target.is_dir():
+        raise OutputRefused(f"{target}: exists and is not a folder")
+    parent = target.parent
+    tmp = parent / f".{target.name}{writer.TMP_MARK}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with warnings.catch_warnings():  # "assuming ... a single process": that is the intent
+            warnings.simplefilter("ignore", UserWarning)
+            save(dict(tensors), storage_writer=FileSystemWriter(str(tmp)))
+        if verify:
+            from ckpt_tool.tensors import load_dcp_state_dict
+
+            back = load_dcp_state_dict(tmp)
+            for key, t in tensors.items():
+                got = back.get(key)
+                if (
+                    not isinstance(got, torch.Tensor)
+                    or got.dtype != t.dtype
+                    or got.shape != t.shape
+                    or _crc(got) != _crc(t)
+                ):
+                    raise WriteFailed(f"{target}: verification failed for {key!r}")
+        old = parent / f".{target.name}.ckpt-old-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+
+
+def _crc(t: Any) -> int:
+    import torch
+
+    c = t.detach().contiguous().reshape(-1)
+    return zlib.crc32(c.view(torch.uint8).numpy().tobytes()) if c.numel() else 0
+
+
+def materialise(
+    ckpt: Checkpoint, records: dict[str, TensorRecord], sources: writer.Sources
+) -> dict[str, Any]:
+    """Live tensors for records (casts run here), for writers that need tensors (DCP)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    made: dict[int, Any] = {}
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(TensorReader(ckpt))
+        for key, rec in records.items():
+            if id(rec) in made:
+                out[key] = made[id(rec)]
+                continue
+            produce = sources.streams.get(id(rec.storage)) if rec.storage is not None else None
+            if produce is not None:
+                raw = bytearray().join(produce())
+                t = (
+                    torch.frombuffer(raw, dtype=getattr(torch, rec.dtype))
+                    if raw
+                    else torch.empty(0, dtype=getattr(torch, rec.dtype))
+                )
+                t = t.reshape(rec.shape)
+            else:
+                t = reader.read(TensorEntry(key, rec, "tensor"))
+            made[id(rec)] = out[key] = t
+    return out
