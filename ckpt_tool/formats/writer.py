@@ -14,9 +14,10 @@ import mmap
 import os
 import secrets
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -322,6 +323,69 @@ def parallel_crcs(jobs: list[tuple[Path, int, int]]) -> list[int]:
         return list(pool.map(lambda j: crc_range(*j), jobs))
 
 
+def crc_pread(path: Path, offset: int, size: int) -> int:
+    """CRC-32 of a file range read with pread (works on a file still being written)."""
+    crc = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < size:
+            chunk = os.pread(fd, min(size - done, 8 << 20), offset + done)
+            if not chunk:
+                raise WriteFailed(f"{path}: output shorter than written")
+            crc = zlib.crc32(chunk, crc)
+            done += len(chunk)
+    finally:
+        os.close(fd)
+    return crc
+
+
+class RangeChecker:
+    """CRC-32 of written ranges, computed on a worker thread while the writing goes on.
+
+    The copy runs in the kernel on one core; checksumming what was just written on the other
+    hides most of the verification cost. Disabled (no thread) with --no-verify.
+    """
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.pool = ThreadPoolExecutor(max_workers=1) if enabled else None
+        self.futures: dict[str, Future[int]] = {}
+
+    def submit(self, f: BinaryIO, name: str, offset: int, size: int) -> None:
+        if self.pool is not None:
+            f.flush()  # the worker reads through the fd
+            self.futures[name] = self.pool.submit(crc_pread, self.path, offset, size)
+
+    def result(self, name: str) -> int:
+        return self.futures[name].result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Syncer:
+    """fsync on a thread, so verification reads overlap the flush to disk."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        f.flush()
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, args=(f.fileno(),), daemon=True)
+        self.thread.start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self.error = exc
+
+    def wait(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 # --- torch zip ----------------------------------------------------------------------------------
 
 
@@ -354,19 +418,26 @@ def write_pth(
     expected_crcs: dict[str, int] = {}
     try:
         with atomic_file(target) as (f, tmp):
-            zw = ZipWriter(f)
-            zw.add_bytes("archive/data.pkl", data_pkl)
-            zw.add_bytes("archive/.format_version", b"1")
-            zw.add_bytes("archive/.storage_alignment", b"64")
-            zw.add_bytes("archive/byteorder", b"little")
-            _write_storages(zw, storages, sources, expected_crcs)
-            zw.add_bytes("archive/version", b"3\n")
-            zw.add_bytes("archive/.data/serialization_id", f"{zlib.crc32(data_pkl):040d}".encode())
-            zw.close()
-            _finish(f)
-            size = f.tell()
-            if verify:
-                verify_pth(tmp, target, expected_crcs, expect, weights_key)
+            checker = RangeChecker(tmp, verify)
+            try:
+                zw = ZipWriter(f)
+                zw.add_bytes("archive/data.pkl", data_pkl)
+                zw.add_bytes("archive/.format_version", b"1")
+                zw.add_bytes("archive/.storage_alignment", b"64")
+                zw.add_bytes("archive/byteorder", b"little")
+                _write_storages(zw, storages, sources, expected_crcs, checker)
+                zw.add_bytes("archive/version", b"3\n")
+                zw.add_bytes(
+                    "archive/.data/serialization_id", f"{zlib.crc32(data_pkl):040d}".encode()
+                )
+                zw.close()
+                size = f.tell()
+                syncer = Syncer(f)
+                if verify:
+                    verify_pth(tmp, target, expected_crcs, expect, weights_key, checker, zw)
+                syncer.wait()
+            finally:
+                checker.close()
             commit(tmp, target)
     except OSError as exc:
         raise _io_error(target, exc) from None
@@ -378,6 +449,7 @@ def _write_storages(
     storages: list[tuple[str, StorageRef]],
     sources: Sources,
     expected_crcs: dict[str, int],
+    checker: RangeChecker,
 ) -> None:
     fds: dict[Path, int] = {}
     pending: list[tuple[str, Path, int, int]] = []
@@ -388,12 +460,14 @@ def _write_storages(
             if src.data is not None:
                 m = zw.add_bytes(name, src.data)
                 expected_crcs[name] = m.crc
+                checker.submit(zw.f, name, m.data_offset, m.size)
                 continue
             if src.stream is not None:
                 offset, _ = zw.begin_stream(name, src.size)
                 produced = _write_stream(zw.f, src, name)
-                zw.end_stream(name, offset, src.size, produced)
+                m = zw.end_stream(name, offset, src.size, produced)
                 expected_crcs[name] = produced
+                checker.submit(zw.f, name, m.data_offset, m.size)
                 continue
             assert src.path is not None
             if src.path not in fds:
@@ -404,8 +478,9 @@ def _write_storages(
                 # then both the header and the verification use it.
                 pending.append((name, src.path, src.offset, src.size))
                 crc = 0
-            zw.add_copy(name, fds[src.path], src.offset, src.size, crc)
+            m = zw.add_copy(name, fds[src.path], src.offset, src.size, crc)
             expected_crcs[name] = crc
+            checker.submit(zw.f, name, m.data_offset, m.size)
         if pending:
             crcs = parallel_crcs([(p, o, s) for _, p, o, s in pending])
             by_name = {m.name: m for m in zw.members}
@@ -447,6 +522,8 @@ def verify_pth(
     expected_crcs: dict[str, int],
     expect: dict[str, TensorRecord] | None,
     weights_key: str | None,
+    checker: RangeChecker,
+    zw: ZipWriter,
 ) -> None:
     """Read the written file back with our reader and compare it with the plan."""
     from ckpt_tool.checkpoint import load
@@ -459,16 +536,17 @@ def verify_pth(
         ) from None
     zip_index = back._zip
     assert zip_index is not None
-    jobs = []
-    names = []
+    written = {m.name: m for m in zw.members}
     for name, crc in expected_crcs.items():
         info = zip_index.members.get(name)
-        if info is None or crc != info.CRC:
+        if (
+            info is None
+            or crc != info.CRC
+            or zip_index.data_offset(info) != written[name].data_offset
+            or info.file_size != written[name].size
+        ):
             raise WriteFailed(f"{target}: verification failed: record {name} missing or wrong")
-        jobs.append((tmp, zip_index.data_offset(info), info.file_size))
-        names.append(name)
-    for name, crc, actual in zip(names, expected_crcs.values(), parallel_crcs(jobs), strict=True):
-        if crc != actual:
+        if crc != checker.result(name):
             raise WriteFailed(
                 f"{target}: verification failed: bytes of {name} do not match their checksum "
                 "(if the input's stored checksum is wrong, the input is corrupt: ckpt scan it)"
@@ -539,11 +617,16 @@ def write_safetensors(
         with atomic_file(target) as (f, tmp):
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
-            expected = _write_st_data(f, plan, sources, data_start)
-            _finish(f)
-            size = f.tell()
-            if verify:
-                verify_safetensors(tmp, target, plan, expected)
+            checker = RangeChecker(tmp, verify)
+            try:
+                expected = _write_st_data(f, plan, sources, data_start, checker)
+                size = f.tell()
+                syncer = Syncer(f)
+                if verify:
+                    verify_safetensors(tmp, target, plan, expected, checker)
+                syncer.wait()
+            finally:
+                checker.close()
             commit(tmp, target)
     except OSError as exc:
         raise _io_error(target, exc) from None
@@ -557,10 +640,27 @@ def _contiguous_range(rec: TensorRecord) -> tuple[int, int] | None:
     return rec.offset * DTYPE_SIZES[rec.dtype], rec.nbytes
 
 
+class _CheckedList(list[tuple[str, int, int, int]]):
+    """Written (key, offset, size, crc) entries; each append queues the read-back checksum."""
+
+    def __init__(self, f: BinaryIO, checker: RangeChecker, data_start: int) -> None:
+        super().__init__()
+        self.f, self.checker, self.data_start = f, checker, data_start
+
+    def append(self, item: tuple[str, int, int, int]) -> None:
+        super().append(item)
+        key, off, size, _ = item
+        self.checker.submit(self.f, key, self.data_start + off, size)
+
+
 def _write_st_data(
-    f: BinaryIO, plan: list[tuple[str, TensorRecord]], sources: Sources, data_start: int
+    f: BinaryIO,
+    plan: list[tuple[str, TensorRecord]],
+    sources: Sources,
+    data_start: int,
+    checker: RangeChecker,
 ) -> list[tuple[str, int, int, int]]:
-    out: list[tuple[str, int, int, int]] = []
+    out = _CheckedList(f, checker, data_start)
     crc_jobs: list[tuple[Path, int, int]] = []
     crc_slots: list[int] = []
     fds: dict[Path, int] = {}
@@ -640,6 +740,7 @@ def verify_safetensors(
     target: Path,
     plan: list[tuple[str, TensorRecord]],
     expected: list[tuple[str, int, int, int]],
+    checker: RangeChecker,
 ) -> None:
     """Re-read the header and the bytes of every tensor; compare with what was planned."""
     from .safetensors_io import read_header
@@ -657,7 +758,6 @@ def verify_safetensors(
         t = got[key]
         if t.shape != rec.shape or t.dtype != rec.dtype:
             raise WriteFailed(f"{target}: verification failed: tensor {key!r} differs")
-    crcs = parallel_crcs([(tmp, header.data_start + off, size) for _, off, size, _ in expected])
-    for (key, _, _, want), actual in zip(expected, crcs, strict=True):
-        if want != actual:
+    for key, _, _, want in expected:
+        if want != checker.result(key):
             raise WriteFailed(f"{target}: verification failed: bytes of {key!r} differ")

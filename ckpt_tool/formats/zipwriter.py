@@ -27,6 +27,7 @@ class Member:
     header_offset: int
     size: int
     crc: int
+    data_offset: int = 0
 
 
 def copy_range(src: int, dst: int, offset: int, size: int) -> None:
@@ -118,7 +119,7 @@ class ZipWriter:
         return self._record(name, offset, size, crc)
 
     def _record(self, name: str, offset: int, size: int, crc: int) -> Member:
-        m = Member(name, offset, size, crc)
+        m = Member(name, offset, size, crc, self.f.tell() - size)  # data was written last
         self.members.append(m)
         return m
 
