@@ -14,11 +14,11 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.checkpoint import Checkpoint, TensorEntry, as_record, load
+from ckpt_tool.checkpoint import BN_EVAL_FIELD, Checkpoint, TensorEntry, as_record, load
 from ckpt_tool.edit import Output, rebuild, weight_items
 from ckpt_tool.errors import SurgeryError
 from ckpt_tool.formats.safe_pickle import TensorRecord
-from ckpt_tool.surgery.freeze import BN_EVAL_FIELD, CountRow, FreezePlan, bare, can_train
+from ckpt_tool.surgery.freeze import CountRow, FreezePlan, bare, can_train
 
 if TYPE_CHECKING:
     from torch import nn
@@ -194,7 +194,9 @@ def apply_freeze(
     parameters the file does not name, and everything when the file records no freeze state
     (a plain state_dict), are left as they are.
     """
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint, weights)
+    ckpt = (
+        checkpoint if isinstance(checkpoint, Checkpoint) else load(os.fspath(checkpoint), weights)
+    )
     state = {
         bare(k): e.record.requires_grad
         for k, e in ckpt.tensors.items()
@@ -229,3 +231,130 @@ def apply_freeze(
         else:
             result.unexpected.append(path)
     return result
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+
+def report_prefix(ckpt: Checkpoint) -> str:
+    """The prefix grouped tables leave out: a wrapper chain, or Lightning's `model.`."""
+    from ckpt_tool.surgery.prefixes import detect_prefix
+
+    found = detect_prefix(ckpt.tensors)
+    return found.prefix or ("model." if found.lightning else "")
+
+
+def freeze_report(ckpt: Checkpoint, plan: FreezePlan) -> dict[str, Any]:
+    """What `ckpt freeze` changed, per top-level module and in total, as plain data."""
+    from ckpt_tool.surgery.freeze import freeze_summary
+
+    seen: set[tuple[Any, ...]] = set()
+    numel: dict[str, int] = {}
+    for key in plan.after:
+        view = _view(ckpt.tensors[key].record)
+        if view not in seen:
+            numel[key] = ckpt.tensors[key].numel
+        seen.add(view)
+    modules, totals = freeze_summary(numel, plan, report_prefix(ckpt))
+    notes = list(plan.notes)
+    if kinds_inferred(ckpt):
+        notes.insert(
+            0,
+            "plain tensors: parameters told apart from buffers by name (running_mean, "
+            "num_batches_tracked, integer dtypes ... are buffers); the parameters are now "
+            "written as Parameters carrying requires_grad",
+        )
+    return {
+        "mode": plan.mode,
+        "patterns": plan.patterns,
+        "regex": plan.regex,
+        "matched": plan.matched,
+        "matched_buffers": plan.matched_buffers,
+        "changed_keys": plan.changed,
+        "frozen_keys": [k for k, v in plan.after.items() if not v],
+        "kinds_inferred": kinds_inferred(ckpt),
+        "recorded_before": ckpt.frozen_recorded,
+        "modules": modules,
+        "totals": totals,
+        "bn_eval": {
+            "before": plan.bn_eval_before,
+            "after": plan.bn_eval_after,
+            "unmarked": plan.bn_unmarked,
+        },
+        "notes": notes,
+    }
+
+
+def count_checkpoint(ckpt: Checkpoint, depth: int = 1) -> dict[str, Any]:
+    """`ckpt count` for a file: parameters trainable and frozen as recorded, buffers, bytes."""
+    from ckpt_tool.surgery.freeze import count_report
+
+    report = count_report(checkpoint_rows(ckpt), depth, report_prefix(ckpt))
+    notes = []
+    if not ckpt.frozen_recorded:
+        notes.append(
+            "no freeze state recorded (plain tensors): every parameter is assumed trainable"
+            + ("; parameters and buffers told apart by name" if kinds_inferred(ckpt) else "")
+        )
+    if ckpt.layout == "module":
+        notes.append("whole pickled model: parameters and buffers read from its modules")
+    return {
+        "file": str(ckpt.path),
+        "arch": None,
+        "format": ckpt.format,
+        "layout": ckpt.layout,
+        "weights_key": ckpt.weights_key,
+        "freeze": {
+            "recorded": ckpt.frozen_recorded,
+            "assumed": not ckpt.frozen_recorded,
+            "kinds_inferred": kinds_inferred(ckpt),
+            "bn_eval": ckpt.bn_eval,
+        },
+        **report,
+        "notes": notes,
+    }
+
+
+def count_model(
+    model: nn.Module, label: str, ckpt: Checkpoint | None = None, depth: int = 1
+) -> dict[str, Any]:
+    """`ckpt count --arch`: a live model, after applying ckpt's freeze state when given."""
+    from ckpt_tool.surgery.freeze import count_report
+
+    applied = apply_freeze(model, ckpt) if ckpt is not None else None
+    from ckpt_tool.surgery.prefixes import detect_prefix
+
+    rows = model_rows(model)
+    report = count_report(rows, depth, detect_prefix(r.key for r in rows).prefix)
+    notes = []
+    freeze: dict[str, Any] = {"recorded": False, "assumed": False, "kinds_inferred": False}
+    if applied is None:
+        notes.append("a freshly built model: every parameter trainable")
+        freeze["bn_eval"] = []
+    else:
+        freeze.update(recorded=applied.recorded, bn_eval=applied.bn_eval)
+        if not applied.recorded:
+            notes.append(f"{ckpt.path if ckpt else ''}: no freeze state recorded; nothing applied")
+        if applied.missing:
+            notes.append(
+                f"{len(applied.missing)} model parameter(s) not named by the file kept their "
+                f"state (e.g. {applied.missing[0]})"
+            )
+        if applied.unexpected:
+            notes.append(
+                f"{len(applied.unexpected)} name(s) in the file are not in the model "
+                f"(e.g. {applied.unexpected[0]})"
+            )
+    return {
+        "file": str(ckpt.path) if ckpt is not None else None,
+        "arch": label,
+        "format": ckpt.format if ckpt is not None else None,
+        "layout": "model",
+        "weights_key": ckpt.weights_key if ckpt is not None else None,
+        "freeze": freeze,
+        **report,
+        "applied": None
+        if applied is None
+        else {"missing": applied.missing, "unexpected": applied.unexpected},
+        "notes": notes,
+    }

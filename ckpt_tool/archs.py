@@ -240,7 +240,9 @@ def _import_spec(name: str) -> ArchSpec:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+            public = [
+                n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))
+            ]
             close = difflib.get_close_matches(part, public, n=5, cutoff=0.5)
             hint = f"; close matches: {', '.join(close)}" if close else ""
             raise ArchNotFound(f"{name}: {where} defines no {attr!r}{hint}")

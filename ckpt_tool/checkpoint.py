@@ -64,8 +64,9 @@ MAX_MODULE_PATHS = 200_000
 FROZEN_META_KEY = "ckpt.frozen"
 BN_EVAL_META_KEY = "ckpt.bn_eval"
 ALIASES_META_KEY = "ckpt.aliases"  # alias -> key whose bytes it shares
-# Where a torch zip / pickle file records the freeze state beside Parameters' requires_grad.
-BN_EVAL_ENTRY = "_ckpt_bn_eval"
+# In .pth files the BatchNorm eval marks live in the weights' `_metadata`, per module path:
+# `sd._metadata["layer1.1"]["ckpt_bn_eval"] = True` (load_state_dict ignores unknown fields).
+BN_EVAL_FIELD = "ckpt_bn_eval"
 
 
 @dataclass
@@ -386,8 +387,14 @@ def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) ->
             raise WeightsNotFound(f"{ckpt.path}: no weights under {weights!r}")
     ckpt.tensors = _entries(records or {}, buffers)
     ckpt.frozen_recorded = any(t.record.is_parameter for t in ckpt.tensors.values())
-    if isinstance(root, dict) and isinstance(root.get(BN_EVAL_ENTRY), list):
-        ckpt.bn_eval = [str(x) for x in root[BN_EVAL_ENTRY]]
+    container = root.get(ckpt.weights_key) if ckpt.layout == "training" else root
+    meta = getattr(container, "_metadata", None) if isinstance(container, dict) else None
+    if isinstance(meta, dict):
+        ckpt.bn_eval = [
+            str(path)
+            for path, info in meta.items()
+            if isinstance(info, dict) and info.get(BN_EVAL_FIELD) is True
+        ]
 
 
 def _check_storages(ckpt: Checkpoint, result: PickleResult) -> None:

@@ -321,6 +321,8 @@ def edit_report(r: dict[str, Any]) -> None:
             f"{r['tensors']} tensors extracted from a {r['layout']} checkpoint"
             + (f"; dropped: {safe(', '.join(r['dropped']))}" if r["dropped"] else "")
         )
+    if r.get("command") == "freeze":
+        freeze_tables(r)
     if "cast_report" in r:
         cast_tables(r["cast_report"])
     if r.get("shards"):
@@ -369,3 +371,114 @@ def cast_tables(c: dict[str, Any]) -> None:
             f"[yellow]overflow[/] {c['overflow_total']} values, [yellow]underflow to "
             f"zero[/] {c['underflow_total']} values"
         )
+
+
+# --- freeze and count ---------------------------------------------------------------------------
+
+
+def _change(before: int, after: int) -> str:
+    if before == after:
+        return f"{after:,}"
+    return f"{before:,} → [bold]{after:,}[/]"
+
+
+def freeze_tables(r: dict[str, Any]) -> None:
+    """What matched, then trainable and frozen parameters per top-level module, before → after."""
+    what = {"freeze": "freeze", "unfreeze": "unfreeze", "only": "freeze all but"}[r["mode"]]
+    matched = "; ".join(
+        f"{safe(p)} → {m['parameters']} parameters"
+        + (f", {m['buffers']} buffers" if m["buffers"] else "")
+        for p, m in r["matched"].items()
+    )
+    kind = "regex" if r["regex"] else "glob"
+    out.print(f"[bold]{what}[/] ({kind}): {matched}")
+    table = Table(box=None, pad_edge=False)
+    table.add_column("module")
+    table.add_column("params", justify="right")
+    table.add_column("trainable", justify="right")
+    table.add_column("frozen", justify="right")
+    for m in [*r["modules"], r["totals"]]:
+        name = "[bold]total[/]" if m is r["totals"] else safe(m["module"])
+        table.add_row(
+            name,
+            f"{m['params']:,}",
+            _change(m["before"]["trainable"], m["after"]["trainable"]),
+            _change(m["before"]["frozen"], m["after"]["frozen"]),
+        )
+    out.print(table)
+    out.print(f"{len(r['changed_keys'])} parameter tensors changed")
+    bn = r["bn_eval"]
+    if bn["after"]:
+        shown = ", ".join(safe(p) for p in bn["after"][:4]) + (
+            " ..." if len(bn["after"]) > 4 else ""
+        )
+        out.print(f"BatchNorm kept in eval mode: {len(bn['after'])} layers ({shown})")
+
+
+def _split_bar(trainable: int, frozen: int, total: int) -> Text:
+    text = Text(bar(trainable / total) if total else "", style="green")
+    text.append(bar(frozen / total) if total else "", style="blue")
+    return text
+
+
+def count_report(r: dict[str, Any]) -> None:
+    """`ckpt count`: totals, then one row and bar per module (green trains, blue is frozen)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    if r["file"] is not None:
+        grid.add_row("file", f"{safe(r['file'])}  ({r['format']}, {r['layout']})")
+    if r["arch"] is not None:
+        grid.add_row("arch", safe(r["arch"]))
+    total = r["params"]
+    grid.add_row("parameters", f"{total:,}  ({human_count(total)}, {r['param_tensors']} tensors)")
+    grid.add_row("trainable", f"[green]{r['trainable']:,}[/]  ({r['trainable_share'] * 100:.1f}%)")
+    grid.add_row(
+        "frozen",
+        f"[blue]{r['frozen']:,}[/]  ({(1 - r['trainable_share']) * 100:.1f}%)" if total else "0",
+    )
+    f = r["freeze"]
+    if r["arch"] is not None:
+        state = "applied from the file" if f["recorded"] else "as built"
+    elif f["recorded"]:
+        state = "recorded in the file"
+    else:
+        state = "[yellow]assumed[/]: nothing recorded, every parameter trains"
+    grid.add_row("freeze state", state)
+    b = r["buffers"]
+    grid.add_row(
+        "buffers",
+        f"{b['tensors']} tensors, {b['elements']:,} elements ({human_bytes(b['bytes'])})",
+    )
+    grid.add_row(
+        "dtypes",
+        "  ".join(f"{d} {human_bytes(n)}" for d, n in r["bytes_by_dtype"].items()) or "-",
+    )
+    if f.get("bn_eval"):
+        grid.add_row("BatchNorm", f"kept in eval mode: {len(f['bn_eval'])} layers")
+    if r["shared_keys"]:
+        grid.add_row("shared", f"{len(r['shared_keys'])} tied keys counted once")
+    out.print(grid)
+    table = Table(box=None, pad_edge=False)
+    table.add_column("module" if r["depth"] == 1 else f"module (depth {r['depth']})")
+    table.add_column("params", justify="right")
+    table.add_column("trainable", justify="right")
+    table.add_column("frozen", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("")
+    rows = [m for m in r["modules"] if m["params"]]
+    for m in rows[:40]:
+        table.add_row(
+            safe(m["module"]),
+            f"{m['params']:,}",
+            f"{m['trainable']:,}",
+            f"{m['frozen']:,}",
+            f"{m['share'] * 100:.1f}%",
+            _split_bar(m["trainable"], m["frozen"], total),
+        )
+    if len(rows) > 40:
+        rest = rows[40:]
+        table.add_row(f"({len(rest)} more)", f"{sum(m['params'] for m in rest):,}", "", "", "", "")
+    out.print(table)
+    for note in r["notes"]:
+        out.print(f"[yellow]note:[/] {safe(note)}")

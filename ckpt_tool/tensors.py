@@ -127,14 +127,27 @@ def load_dcp_state_dict(folder: Path) -> dict[str, Any]:
         )
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.filesystem import FileSystemReader
+    from torch.distributed.checkpoint.planner import LoadItemType
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    class TensorsOnlyPlanner(_EmptyStateDictLoadPlanner):
+        # torch's planner reads non-tensor items with torch.load(weights_only=False), so a
+        # pickle stored as a DCP bytes item would run here. Only tensors are read; bytes
+        # items are left out of the plan and never unpickled.
+        def create_local_plan(self) -> Any:
+            plan = super().create_local_plan()
+            plan.items = [i for i in plan.items if i.type != LoadItemType.BYTE_IO]
+            return plan
+
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            raise UnsafeCheckpoint(f"{folder}: refused to unpickle a DCP bytes item")
 
     state: dict[str, Any] = {}
     try:
         _load_state_dict(
             state,
             storage_reader=FileSystemReader(str(folder)),
-            planner=_EmptyStateDictLoadPlanner(),  # type: ignore[no-untyped-call]
+            planner=TensorsOnlyPlanner(),  # type: ignore[no-untyped-call]
             no_dist=True,
         )
     except Exception as exc:  # torch's reader raises many types for a damaged folder

@@ -9,6 +9,7 @@ import typer
 from ckpt_tool import __version__
 
 from .convert_cmd import cast, convert
+from .freeze_cmd import count, freeze
 from .inspect_cmd import inspect
 from .surgery_cmd import add_module, extract, rename, strip_module
 
@@ -41,10 +42,12 @@ def _root(
 
 
 app.command(rich_help_panel="Inspect")(inspect)
+app.command(rich_help_panel="Inspect")(count)
 app.command("strip-module", rich_help_panel="Edit")(strip_module)
 app.command("add-module", rich_help_panel="Edit")(add_module)
 app.command(rich_help_panel="Edit")(rename)
 app.command(rich_help_panel="Edit")(extract)
+app.command(rich_help_panel="Edit")(freeze)
 app.command(rich_help_panel="Edit")(cast)
 app.command(rich_help_panel="Edit")(convert)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ckpt_tool.errors import UnreadableCheckpoint
+from ckpt_tool.errors import UnreadableCheckpoint, UnsafeCheckpoint
 
 # --- dtypes -------------------------------------------------------------------------------
 
@@ -307,6 +307,38 @@ DANGEROUS_MODULES = frozenset(
         "ssl",
         "xmlrpc",
         "paramiko",
+        # found missing while writing `ckpt scan`: each runs code, loads libraries or pickles
+        "pydoc",
+        "copyreg",
+        "copy_reg",
+        "_ctypes",
+        "_imp",
+        "_frozen_importlib",
+        "_frozen_importlib_external",
+        "_posixsubprocess",
+        "_winapi",
+        "msvcrt",
+        "winreg",
+        "_socket",
+        "_ssl",
+        "_signal",
+        "_multiprocessing",
+        "_posixshmem",
+        "_sqlite3",
+        "shelve",
+        "dbm",
+        "tkinter",
+        "_tkinter",
+        "mailcap",
+        "socketserver",
+        "wsgiref",
+        "imaplib",
+        "poplib",
+        "nntplib",
+        "concurrent",
+        "atexit",
+        "zipapp",
+        "yaml",
     ]
 )
 DANGEROUS_BUILTINS = frozenset(
@@ -359,8 +391,50 @@ DANGEROUS_NAMES = frozenset(
         "numpy.distutils.exec_command.exec_command",
         "numpy.lib.npyio.load",
         "_codecs.decode",
+        "torch.storage._load_from_bytes",  # torch.load(weights_only=False) of its argument
+        "torch.ops.load_library",
+        "torch.classes.load_library",
+        "numpy.loads",
+        "numpy.core.multiarray.loads",
+        "numpy.core.numeric.loads",
+        "numpy.lib._npyio_impl.load",
+        "numpy.lib.format.read_array",
+        "numpy.lib.format.open_memmap",
+        "numpy.memmap",
+        "numpy.save",
+        "numpy.savez",
+        "numpy.savetxt",
+        "pandas.read_pickle",
+        "pandas.eval",
     }
 )
+# Whole subtrees that compile, load or run code (checked after the allowlist).
+DANGEROUS_PREFIXES = (
+    "torch.jit.",
+    "torch._inductor.",
+    "torch.package.",
+    "torch.hub.",
+    "torch.utils.cpp_extension.",
+    "torch._dynamo.",
+    "torch.fx.",
+    "torch.export.",
+    "torch.distributed.rpc.",
+    "torch.serialization.",
+    "torch.multiprocessing.",
+    "torch.ops.",
+    "torch._ops.",
+    "torch.classes.",
+    "torch._C._jit",
+    "numpy.f2py.",
+    "numpy.distutils.",
+    "numpy.testing.",
+    "numpy.ctypeslib.",
+    "logging.config.",
+    "pandas.io.pickle.",
+    "pandas.core.computation.",
+)
+# ... except these inside them, which only return their argument (TorchScript's debug pickles).
+BENIGN_PREFIXES = ("torch.jit._pickle.",)
 # Classes that carry plain data: recorded inert like any unknown class, but not worth a flag.
 KNOWN_DATA = frozenset(
     {
@@ -393,7 +467,11 @@ def classify_global(qualified: str) -> str:
         return "safe"
     module, _, name = qualified.rpartition(".")
     root = module.split(".")[0]
-    if qualified in DANGEROUS_NAMES or root in DANGEROUS_MODULES:
+    if (
+        qualified in DANGEROUS_NAMES
+        or root in DANGEROUS_MODULES
+        or (qualified.startswith(DANGEROUS_PREFIXES) and not qualified.startswith(BENIGN_PREFIXES))
+    ):
         return "dangerous"
     if root in ("builtins", "__builtin__", "__builtins__") and (
         name in DANGEROUS_BUILTINS or name.startswith("_")
@@ -405,6 +483,26 @@ def classify_global(qualified: str) -> str:
         # Any builtin not on the allowlist is a function we will not emulate: treat as hostile.
         return "dangerous"
     return "unknown"
+
+
+def classify_ref(module: str, name: str) -> str:
+    """classify_global for a GLOBAL's (module, name) pair.
+
+    From protocol 4 on, pickle resolves a dotted name as an attribute path from the module, so
+    `torch` + `serialization.os.system` is os.system: every step of the path is judged too.
+    """
+    kind = classify_global(f"{module}.{name}")
+    if kind == "safe" or "." not in name:
+        return kind
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("__") and part.endswith("__"):
+            return "dangerous"
+        if i < len(parts) - 1 and part.lstrip("_") in DANGEROUS_MODULES:
+            return "dangerous"  # a module the path passes through (`_os`, `sys`)
+        if classify_global(f"{module}.{'.'.join(parts[: i + 1])}") == "dangerous":
+            return "dangerous"
+    return kind
 
 
 # --- allowlisted implementations ----------------------------------------------------------------
@@ -875,7 +973,7 @@ class SafeUnpickler(pickle.Unpickler):
         qualified = f"{module}.{name}"
         ref = self.result.globals.get(qualified)
         if ref is None:
-            self.result.globals[qualified] = GlobalRef(qualified, classify_global(qualified))
+            self.result.globals[qualified] = GlobalRef(qualified, classify_ref(module, name))
         else:
             ref.count += 1
         if qualified in _RESOLVE:
@@ -921,6 +1019,13 @@ def safe_load_stream(stream: Any, what: str) -> PickleResult:
     except MemoryError:
         raise UnreadableCheckpoint(f"{what}: pickle asks for more memory than it holds") from None
     except Exception as exc:  # any failure inside the VM is a corrupt or hostile file
+        dangerous = unpickler.result.dangerous
+        if dangerous:  # hostile, not merely damaged: say so, and where to look
+            names = ", ".join(g.name for g in dangerous[:3])
+            raise UnsafeCheckpoint(
+                f"{what}: refers to dangerous callables ({names}) and is not a readable pickle "
+                f"({_short(exc)}); refused. Nothing was run. See `ckpt scan` for details"
+            ) from None
         raise UnreadableCheckpoint(f"{what}: not a readable pickle ({_short(exc)})") from None
     unpickler.result.root = root
     return unpickler.result

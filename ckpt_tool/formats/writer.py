@@ -15,6 +15,7 @@ import os
 import secrets
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -183,11 +184,6 @@ def commit(tmp: Path, target: Path) -> None:
         pass
     finally:
         os.close(dfd)
-
-
-def _finish(f: BinaryIO) -> None:
-    f.flush()
-    os.fsync(f.fileno())
 
 
 def _io_error(target: Path, exc: OSError) -> WriteFailed:
@@ -366,21 +362,37 @@ class RangeChecker:
 
 
 class Syncer:
-    """fsync on a thread, so verification reads overlap the flush to disk."""
+    """Durability off the critical path: while the file is written, a thread keeps flushing
+    what is already there (fdatasync), so the disk works during the copy; at the end the
+    final fsync runs on the thread while verification reads from the page cache."""
 
     def __init__(self, f: BinaryIO) -> None:
-        f.flush()
+        self.f = f
         self.error: OSError | None = None
+        self._writing = threading.Event()
+        self._writing.set()
         self.thread = threading.Thread(target=self._run, args=(f.fileno(),), daemon=True)
         self.thread.start()
 
+    def finish(self) -> None:
+        """The writing is done: flush the rest (on the thread)."""
+        self.f.flush()
+        self._writing.clear()
+
     def _run(self, fd: int) -> None:
+        while self._writing.is_set():
+            time.sleep(0.1)
+            if self._writing.is_set():
+                # errors here surface again in the final fsync
+                with contextlib.suppress(OSError):
+                    os.fdatasync(fd)
         try:
             os.fsync(fd)
         except OSError as exc:
             self.error = exc
 
     def wait(self) -> None:
+        self._writing.clear()
         self.thread.join()
         if self.error is not None:
             raise self.error
@@ -419,6 +431,7 @@ def write_pth(
     try:
         with atomic_file(target) as (f, tmp):
             checker = RangeChecker(tmp, verify)
+            syncer = Syncer(f)
             try:
                 zw = ZipWriter(f)
                 zw.add_bytes("archive/data.pkl", data_pkl)
@@ -432,12 +445,12 @@ def write_pth(
                 )
                 zw.close()
                 size = f.tell()
-                syncer = Syncer(f)
+                syncer.finish()
                 if verify:
                     verify_pth(tmp, target, expected_crcs, expect, weights_key, checker, zw)
-                syncer.wait()
             finally:
                 checker.close()
+                syncer.wait()
             commit(tmp, target)
     except OSError as exc:
         raise _io_error(target, exc) from None
@@ -618,15 +631,16 @@ def write_safetensors(
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
             checker = RangeChecker(tmp, verify)
+            syncer = Syncer(f)
             try:
                 expected = _write_st_data(f, plan, sources, data_start, checker)
                 size = f.tell()
-                syncer = Syncer(f)
+                syncer.finish()
                 if verify:
                     verify_safetensors(tmp, target, plan, expected, checker)
-                syncer.wait()
             finally:
                 checker.close()
+                syncer.wait()
             commit(tmp, target)
     except OSError as exc:
         raise _io_error(target, exc) from None

@@ -19,9 +19,6 @@ from ckpt_tool.errors import CkptError, UsageError, WeightsNotFound
 
 from .prefixes import wrapper_chain
 
-# The state_dict `_metadata` field (per module path) that marks a BatchNorm layer to keep in
-# eval mode; torch ignores fields it does not know there.
-BN_EVAL_FIELD = "ckpt_bn_eval"
 BN_LEAVES = frozenset({"weight", "bias", "running_mean", "running_var", "num_batches_tracked"})
 MODES = ("freeze", "unfreeze", "only")
 

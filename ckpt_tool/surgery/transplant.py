@@ -1,0 +1,536 @@
+"""Transplant: pretrained weights onto another architecture's keys, with an honest report.
+
+`plan` is pure: source and target `{key: Meta}` in, a `TransplantPlan` out that says for every
+target key where its value comes from (copied, renamed, adapted) or why it is initialised
+(re-initialised classifier, shape mismatch, missing), and which source keys go unused.
+`execute` then builds the target's state_dict: copied tensors keep their exact bytes (the
+source's records reused, or read through TensorReader), everything else comes from the model.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import math
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ckpt_tool.errors import SurgeryError, UsageError
+from ckpt_tool.formats.safe_pickle import TensorRecord
+
+from .prefixes import LIGHTNING, detect_prefix
+from .rename import regex_plan
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ckpt_tool.checkpoint import Checkpoint
+    from ckpt_tool.edit import Output
+
+STATUSES = ("copied", "renamed", "adapted", "reinitialised", "shape_mismatch", "missing", "unused")
+TRANSFERRED = ("copied", "renamed", "adapted")
+MATCH_MODES = ("exact", "suffix")
+INIT_METHODS = ("default", "kaiming", "xavier", "normal", "zeros")
+# What --init does to a newly initialised weight with two or more dimensions.
+METHOD_LABELS = {
+    "kaiming": "kaiming_normal_",
+    "xavier": "xavier_normal_",
+    "normal": "normal_(0, 0.01)",
+    "zeros": "zeros",
+}
+ZEROS = "zeros"
+ONES = "ones"
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What planning needs of a tensor: shape, dtype, and parameter or buffer."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str = "parameter"
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class KeyPlan:
+    """One key's fate: a target key (where its value comes from) or an unused source key."""
+
+    key: str
+    status: str
+    shape: tuple[int, ...]
+    dtype: str  # dtype written (target keys) or in the source (unused keys)
+    kind: str
+    source_key: str | None = None  # the key as it is in the source file
+    source_shape: tuple[int, ...] | None = None
+    source_dtype: str | None = None
+    rule: str | None = None  # what renamed it: a --map, or "suffix match"
+    detail: str | None = None  # adaptation, classifier change, cast
+    init: str | None = None  # how a key that was not transferred is initialised
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "status": self.status,
+            "source_key": self.source_key,
+            "shape": list(self.shape),
+            "source_shape": None if self.source_shape is None else list(self.source_shape),
+            "dtype": self.dtype,
+            "source_dtype": self.source_dtype,
+            "kind": self.kind,
+            "numel": self.numel,
+            "rule": self.rule,
+            "detail": self.detail,
+            "init": self.init,
+        }
+
+
+@dataclass
+class TransplantPlan:
+    """Every target key in target order, the unused source keys, and what to tell the user."""
+
+    keys: list[KeyPlan]
+    unused: list[KeyPlan]
+    prefix: str = ""  # wrapper prefix removed from every source key
+    in_chans: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict[str, Any]:
+        """Counts per status; coverage is transferred parameters / the target's parameters."""
+        params = [k for k in self.keys if k.kind == "parameter"]
+        target_params = sum(k.numel for k in params)
+        copied_params = sum(k.numel for k in params if k.status in TRANSFERRED)
+        by_status: dict[str, dict[str, int]] = {}
+        for k in [*self.keys, *self.unused]:
+            s = by_status.setdefault(k.status, {"keys": 0, "params": 0})
+            s["keys"] += 1
+            s["params"] += k.numel if k.kind == "parameter" else 0
+        return {
+            "target_keys": len(self.keys),
+            "target_params": target_params,
+            "copied_keys": sum(1 for k in self.keys if k.status in TRANSFERRED),
+            "copied_params": copied_params,
+            "coverage_pct": coverage(copied_params, target_params),
+            "source_keys": sum(1 for k in self.keys if k.source_key) + len(self.unused),
+            "unused_keys": len(self.unused),
+            "by_status": {s: by_status[s] for s in STATUSES if s in by_status},
+        }
+
+
+def coverage(copied: int, total: int) -> float:
+    return round(100.0 * copied / total, 2) if total else 100.0
+
+
+# --- matching -----------------------------------------------------------------------------------
+
+
+def _wrapper_prefix(source: Sequence[str], target: Sequence[str]) -> tuple[str, list[str]]:
+    """The wrapper prefix every source key carries (and the target's do not), plus notes."""
+    report = detect_prefix(source)
+    prefix = report.prefix or (LIGHTNING if report.lightning else "")
+    if prefix and target and all(k.startswith(prefix) for k in target):
+        return "", []  # the target's own keys carry it: nothing to remove
+    if prefix:
+        return prefix, [f"removed the wrapper prefix {prefix!r} from every source key"]
+    if report.partial:
+        counts = ", ".join(f"{c!r} on {n}" for c, n in report.counts.items())
+        return "", [
+            f"only some source keys carry a wrapper prefix ({counts} of {report.total}); "
+            "they were not stripped: add --map '^module\\.=' to strip them"
+        ]
+    return "", []
+
+
+def _suffix_pairs(targets: Sequence[str], candidates: Collection[str]) -> dict[str, str]:
+    """Target key -> source name sharing the longest dotted suffix, one ending with the other.
+
+    The detectron2 rule: `backbone.layer1.conv.weight` pairs with `layer1.conv.weight`. A target
+    with two equally good candidates, or a source key claimed by two targets, is an error.
+    """
+    by_leaf: dict[str, list[list[str]]] = collections.defaultdict(list)
+    for c in candidates:
+        parts = c.split(".")
+        by_leaf[parts[-1]].append(parts)
+    chosen: dict[str, str] = {}
+    for t in targets:
+        tp = t.split(".")
+        best: list[str] = []
+        score = 0
+        for cp in by_leaf.get(tp[-1], []):
+            n = min(len(tp), len(cp))
+            if tp[-n:] != cp[-n:]:
+                continue
+            if n > score:
+                best, score = [".".join(cp)], n
+            elif n == score:
+                best.append(".".join(cp))
+        if len(best) > 1:
+            shown = ", ".join(repr(b) for b in sorted(best)[:4])
+            raise SurgeryError(
+                f"--match suffix is ambiguous: target key {t!r} matches {len(best)} source keys "
+                f"equally well ({shown}); rename them apart with --map 'REGEX=REPLACEMENT'"
+            )
+        if best:
+            chosen[t] = best[0]
+    owners: dict[str, str] = {}
+    for t, c in chosen.items():
+        if c in owners:
+            raise SurgeryError(
+                f"--match suffix is ambiguous: source key {c!r} matches both target keys "
+                f"{owners[c]!r} and {t!r}; rename with --map 'REGEX=REPLACEMENT' to choose"
+            )
+        owners[c] = t
+    return chosen
+
+
+def _only_dim_differs(a: tuple[int, ...], b: tuple[int, ...], dim: int) -> bool:
+    return (
+        len(a) == len(b)
+        and len(a) > dim
+        and a[dim] != b[dim]
+        and all(x == y for i, (x, y) in enumerate(zip(a, b, strict=True)) if i != dim)
+    )
+
+
+def init_label(key: str, meta: Meta, method: str, seed: int, norms: Collection[str]) -> str:
+    """How a key that is not transferred gets its value, under --init METHOD."""
+    default = f"architecture default (seed {seed})"
+    if method == "default" or meta.kind != "parameter":
+        return default
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        return ZEROS
+    if leaf == "weight" and key in norms:
+        return ONES
+    if leaf == "weight" and len(meta.shape) >= 2:
+        return METHOD_LABELS[method]
+    return default
+
+
+def plan(
+    source: Mapping[str, Meta],
+    target: Mapping[str, Meta],
+    *,
+    maps: Sequence[str] = (),
+    match: str = "exact",
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    input_conv: str | None = None,
+    init: str = "default",
+    seed: int = 0,
+    keep_dtype: bool = False,
+    norms: Collection[str] = (),
+) -> TransplantPlan:
+    """Decide, for every target key, which source key fills it and how (no tensor is read).
+
+    `input_conv` is the target key of the first convolution's weight (adapted when in_chans is
+    given); `norms` are the target's normalisation-layer weights (set to 1 under --init).
+    """
+    if match not in MATCH_MODES:
+        raise UsageError(f"--match {match!r}: choose one of {', '.join(MATCH_MODES)}")
+    if init not in INIT_METHODS:
+        raise UsageError(f"--init {init!r}: choose one of {', '.join(INIT_METHODS)}")
+    if not source:
+        raise SurgeryError("the source holds no tensors; nothing to transplant")
+    prefix, notes = _wrapper_prefix(list(source), list(target))
+    names = {k[len(prefix) :]: k for k in source}  # name to match -> key in the file
+    rules: dict[str, str] = {}
+    if maps:
+        renames = regex_plan(list(names), maps)
+        renamed: dict[str, str] = {}
+        for old, new in renames.pairs:
+            renamed[new] = names[old]
+            if old != new:
+                rules[new] = "--map " + renames.rules.get(old, "")
+        names = renamed
+        notes += renames.notes
+    pairs: dict[str, str] = {t: names[t] for t in target if t in names}
+    if match == "suffix":
+        used = {names[t] for t in pairs}
+        rest = [t for t in target if t not in pairs]
+        candidates = [n for n, k in names.items() if k not in used]
+        for t, n in _suffix_pairs(rest, candidates).items():
+            pairs[t] = names[n]
+            rules[t] = f"{rules[n]}, suffix match" if n in rules else "suffix match"
+    rows: list[KeyPlan] = []
+    for t, tm in target.items():
+        init_how = init_label(t, tm, init, seed, norms)
+        src = pairs.get(t)
+        if src is None:
+            rows.append(KeyPlan(t, "missing", tm.shape, tm.dtype, tm.kind, init=init_how))
+            continue
+        sm = source[src]
+        row = KeyPlan(
+            t, "copied", tm.shape, tm.dtype, tm.kind, src, sm.shape, sm.dtype, rules.get(t)
+        )
+        if sm.shape == tm.shape:
+            row.status = "renamed" if row.rule else "copied"
+        elif (
+            in_chans is not None
+            and t == input_conv
+            and _only_dim_differs(sm.shape, tm.shape, 1)
+            and tm.shape[1] == in_chans
+        ):
+            row.status = "adapted"
+            n = sm.shape[1]
+            row.detail = (
+                f"summed over {n} input channels"
+                if in_chans == 1
+                else f"{n} input channels repeated to {in_chans}, scaled by {n}/{in_chans}"
+            )
+        elif (
+            num_classes is not None
+            and _only_dim_differs(sm.shape, tm.shape, 0)
+            and tm.shape[0] == num_classes
+        ):
+            row.status = "reinitialised"
+            row.detail = f"classifier: {sm.shape[0]} → {num_classes} classes"
+            row.init = init_how
+        else:
+            row.status = "shape_mismatch"
+            row.init = init_how
+        if row.status in TRANSFERRED:
+            row.dtype = sm.dtype if keep_dtype else tm.dtype
+            if row.dtype != sm.dtype:
+                cast = f"cast {sm.dtype} → {row.dtype}"
+                row.detail = f"{row.detail}; {cast}" if row.detail else cast
+        rows.append(row)
+    taken = set(pairs.values())
+    unused = [
+        KeyPlan(k, "unused", m.shape, m.dtype, m.kind) for k, m in source.items() if k not in taken
+    ]
+    return TransplantPlan(rows, unused, prefix, in_chans, notes)
+
+
+# --- grouping for the report --------------------------------------------------------------------
+
+_INDEX = re.compile(r"^(.*)\.(\d+)$")
+
+
+def _unit(key: str) -> tuple[str, str]:
+    """(block, rest): the key up to its first numeric component, e.g. ('layer1.0', 'conv1.weight')."""
+    parts = key.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p.isdigit():
+            return ".".join(parts[: i + 1]), ".".join(parts[i + 1 :])
+    if len(parts) == 1:
+        return "", key
+    return ".".join(parts[:-1]), parts[-1]
+
+
+def _row_signature(rel: str, k: KeyPlan) -> tuple[Any, ...]:
+    return (rel, k.status, k.shape, k.source_shape, k.dtype, k.detail, k.init, k.rule)
+
+
+def group_rows(rows: Sequence[KeyPlan]) -> list[dict[str, Any]]:
+    """Rows grouped by block (layer1.0), identical consecutive blocks collapsed (layer1.0–2)."""
+    units: list[tuple[str, list[tuple[str, KeyPlan]]]] = []
+    for k in rows:
+        unit, rel = _unit(k.key)
+        if units and units[-1][0] == unit:
+            units[-1][1].append((rel, k))
+        else:
+            units.append((unit, [(rel, k)]))
+    groups: list[dict[str, Any]] = []
+    last_sig: tuple[Any, ...] | None = None
+    for unit, members in units:
+        sig = tuple(_row_signature(rel, k) for rel, k in members)
+        m = _INDEX.match(unit)
+        g = groups[-1] if groups else None
+        if (
+            g is not None
+            and m is not None
+            and sig == last_sig
+            and g["_parent"] == m.group(1)
+            and g["_last"] + 1 == int(m.group(2))
+        ):
+            g["blocks"].append(unit)
+            g["_last"] += 1
+            g["params"] += sum(k.numel for _, k in members if k.kind == "parameter")
+            first = g["blocks"][0].rsplit(".", 1)[-1]
+            g["module"] = f"{m.group(1)}.{first}–{g['_last']}"
+            continue
+        statuses = {k.status for _, k in members}
+        rows_json = []
+        for rel, k in members:
+            r = k.as_json()
+            r["key"] = rel
+            r["full_key"] = k.key
+            rows_json.append(r)
+        groups.append(
+            {
+                "module": unit or "(root)",
+                "blocks": [unit],
+                "status": statuses.pop() if len(statuses) == 1 else "mixed",
+                "keys": len(members),
+                "params": sum(k.numel for _, k in members if k.kind == "parameter"),
+                "rows": rows_json,
+                "_parent": m.group(1) if m else None,
+                "_last": int(m.group(2)) if m else -1,
+            }
+        )
+        last_sig = sig
+    for g in groups:
+        del g["_parent"], g["_last"]
+    return groups
+
+
+def report(plan_: TransplantPlan) -> dict[str, Any]:
+    """The JSON-ready report: every key, the grouped table, totals."""
+    return {
+        "prefix_removed": plan_.prefix or None,
+        "keys": [k.as_json() for k in plan_.keys],
+        "unused": [k.as_json() for k in plan_.unused],
+        "modules": group_rows(plan_.keys),
+        "unused_modules": group_rows(plan_.unused),
+        "totals": plan_.totals(),
+    }
+
+
+# --- executing a plan ---------------------------------------------------------------------------
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def source_metas(ckpt: Checkpoint) -> dict[str, Meta]:
+    return {k: Meta(e.shape, e.dtype, e.kind) for k, e in ckpt.tensors.items()}
+
+
+def target_metas(model: nn.Module) -> dict[str, Meta]:
+    """The target's state_dict as metadata: shapes, dtypes, parameter or buffer."""
+    import torch
+
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    out: dict[str, Meta] = {}
+    for k, v in model.state_dict().items():
+        if not isinstance(v, torch.Tensor):
+            raise SurgeryError(
+                f"the target's state_dict holds a non-tensor entry {k!r} (extra state); "
+                "transplant supports tensor state only"
+            )
+        out[k] = Meta(tuple(v.shape), dtype_name(v.dtype), "parameter" if k in params else "buffer")
+    return out
+
+
+def norm_weights(model: nn.Module) -> set[str]:
+    """Keys of normalisation layers' weights (BatchNorm, GroupNorm, LayerNorm, InstanceNorm)."""
+    from torch import nn
+
+    kinds = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    return {
+        f"{name}.weight" if name else "weight"
+        for name, m in model.named_modules()
+        if isinstance(m, kinds) and getattr(m, "weight", None) is not None
+    }
+
+
+def input_conv_key(model: nn.Module) -> str | None:
+    from ckpt_tool.archs import first_conv
+
+    found = first_conv(model)
+    return None if found is None else (f"{found[0]}.weight" if found[0] else "weight")
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A first-conv weight for in_chans inputs, as timm's adapt_input_conv does.
+
+    One channel: the sum over the source's input channels. More: the source channels repeated
+    ceil(in_chans / n) times, cut to in_chans, and scaled by n / in_chans (n = 3 for RGB).
+    """
+    import torch
+
+    work = weight if weight.dtype == torch.float64 else weight.float()
+    n = work.shape[1]
+    if in_chans == 1:
+        work = work.sum(dim=1, keepdim=True)
+    else:
+        reps = math.ceil(in_chans / n)
+        work = work.repeat(1, reps, *([1] * (work.dim() - 2)))[:, :in_chans] * (n / in_chans)
+    return work.to(weight.dtype).contiguous()
+
+
+def _initialise(t: torch.Tensor, how: str) -> None:
+    from torch import nn
+
+    if how == ZEROS:
+        nn.init.zeros_(t)
+    elif how == ONES:
+        nn.init.ones_(t)
+    elif how == METHOD_LABELS["kaiming"]:
+        nn.init.kaiming_normal_(t)
+    elif how == METHOD_LABELS["xavier"]:
+        nn.init.xavier_normal_(t)
+    elif how == METHOD_LABELS["normal"]:
+        nn.init.normal_(t, 0.0, 0.01)
+
+
+def tensor_record(t: torch.Tensor) -> TensorRecord:
+    """A record for a live tensor, its bytes held inline until the writer streams them."""
+    import torch
+
+    c = t.detach().to("cpu").contiguous()
+    data = c.reshape(-1).view(torch.uint8).numpy().tobytes() if c.numel() else b""
+    stride = tuple(c.stride())
+    return TensorRecord(None, 0, tuple(c.shape), stride, dtype_name(c.dtype), inline=data)
+
+
+def _whole_storage(rec: TensorRecord) -> bool:
+    """The record is exactly its storage (offset 0, contiguous, every element): reuse its bytes."""
+    s = rec.storage
+    if s is None or rec.inline is not None or rec.offset != 0 or s.dtype != rec.dtype:
+        return False
+    if rec.numel != s.numel:
+        return False
+    expected, acc = [], 1
+    for d in reversed(rec.shape):
+        expected.insert(0, acc)
+        acc *= d
+    return rec.numel <= 1 or tuple(expected) == rec.stride
+
+
+def execute(ckpt: Checkpoint, model: nn.Module, plan_: TransplantPlan) -> Output:
+    """The target state_dict the plan describes, ready for the writer (model init is modified)."""
+    import torch
+
+    from ckpt_tool.edit import Output
+    from ckpt_tool.tensors import TensorReader, torch_dtype
+
+    state = model.state_dict()
+    with torch.no_grad():
+        for k in plan_.keys:
+            if k.status not in TRANSFERRED and k.init is not None:
+                _initialise(state[k.key], k.init)
+    records: dict[str, TensorRecord] = {}
+    with TensorReader(ckpt) as reader:
+        for k in plan_.keys:
+            if k.status not in TRANSFERRED:
+                records[k.key] = tensor_record(state[k.key])
+                continue
+            assert k.source_key is not None
+            entry = ckpt.tensors[k.source_key]
+            rec = entry.record
+            if k.status != "adapted" and k.dtype == rec.dtype and _whole_storage(rec):
+                records[k.key] = TensorRecord(rec.storage, 0, rec.shape, rec.stride, rec.dtype)
+                continue
+            value = reader.read(entry)
+            if k.status == "adapted":
+                assert plan_.in_chans is not None
+                value = adapt_input_conv(value, plan_.in_chans)
+            records[k.key] = tensor_record(value.to(torch_dtype(k.dtype)))
+    root: collections.OrderedDict[str, Any] = collections.OrderedDict(records)
+    meta = getattr(state, "_metadata", None)
+    if meta is not None:
+        root._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+    return Output(root=root, weights=dict(records), weights_key=None, whole_container=False)
