@@ -14,11 +14,11 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.checkpoint import BN_EVAL_FIELD, Checkpoint, TensorEntry, as_record, load
+from ckpt_tool.checkpoint import Checkpoint, TensorEntry, as_record, load
 from ckpt_tool.edit import Output, rebuild, weight_items
 from ckpt_tool.errors import SurgeryError
 from ckpt_tool.formats.safe_pickle import TensorRecord
-from ckpt_tool.surgery.freeze import CountRow, FreezePlan, bare, can_train
+from ckpt_tool.surgery.freeze import CountRow, FreezePlan, bare, can_train, with_bn_eval
 
 if TYPE_CHECKING:
     from torch import nn
@@ -120,20 +120,7 @@ def freeze_checkpoint(ckpt: Checkpoint, plan: FreezePlan) -> Output:
 
 
 def _mark_bn_eval(out: Output, paths: list[str]) -> None:
-    """Set the eval marks in the weights' `_metadata`, copying it (the input's stays as read)."""
     container = out.root[out.weights_key] if out.weights_key is not None else out.root
-    old = getattr(container, "_metadata", None)
-    meta: collections.OrderedDict[Any, Any] = collections.OrderedDict()
-    if isinstance(old, dict):
-        for path, info in old.items():
-            if isinstance(info, dict):
-                info = {k: v for k, v in info.items() if k != BN_EVAL_FIELD}
-            meta[path] = info
-    for path in paths:
-        info = meta.get(path)
-        if not isinstance(info, dict):
-            info = meta[path] = {}
-        info[BN_EVAL_FIELD] = True
     if not isinstance(container, collections.OrderedDict):
         container = collections.OrderedDict(container)
         if out.weights_key is not None:
@@ -141,7 +128,7 @@ def _mark_bn_eval(out: Output, paths: list[str]) -> None:
         else:
             out.root = container
         out.notes.append("weights written as an OrderedDict, to carry the BatchNorm eval marks")
-    container._metadata = meta  # type: ignore[attr-defined]
+    container._metadata = with_bn_eval(getattr(container, "_metadata", None), paths)  # type: ignore[attr-defined]
 
 
 # --- live models --------------------------------------------------------------------------------
@@ -349,7 +336,7 @@ def count_model(
         "file": str(ckpt.path) if ckpt is not None else None,
         "arch": label,
         "format": ckpt.format if ckpt is not None else None,
-        "layout": "model",
+        "layout": ckpt.layout if ckpt is not None else "model",
         "weights_key": ckpt.weights_key if ckpt is not None else None,
         "freeze": freeze,
         **report,

@@ -1,4 +1,4 @@
-"""Architecture names -> nn.Module: seed models, torchvision, timm, `module:factory`, `file.py:Class`.
+"""Architecture names -> nn.Module: seed models, torchvision, timm, `pkg.mod:fn`, `file.py:Cls`.
 
 One registry for `transplant --into`, `count --arch` and `smoke-train --arch`. Building never
 loads weights: torchvision builders get `weights=None` (and `weights_backbone=None`), timm gets
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ArchBuildFailed, ArchNotFound, InputNotFound, UsageError
 from .inspect import natural_key
@@ -75,6 +75,8 @@ class Built:
     kwargs: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     input_conv: str | None = None  # module rebuilt for --in-chans after construction
+    num_classes: int | None = None  # asked for by --num-classes or --arch-arg num_classes=
+    in_chans: int | None = None  # asked for by --in-chans or --arch-arg in_chans=
 
 
 # --- availability -------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ def available(pattern: str | None = None) -> dict[str, Any]:
 def _seed_spec(name: str) -> ArchSpec | None:
     from .seed_models import SEED_MODELS
 
-    factory = SEED_MODELS.get(name)
+    factory = cast("Callable[..., Any] | None", SEED_MODELS.get(name))
     return ArchSpec("seed", name, factory) if factory is not None else None
 
 
@@ -210,7 +212,7 @@ def resolve(name: str) -> ArchSpec:
 
 def _not_found(name: str, candidates: Sequence[str], prefix: str = "") -> ArchNotFound:
     bare = name.split("/", 1)[-1]
-    close = difflib.get_close_matches(bare, list(candidates), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(bare, list(dict.fromkeys(candidates)), n=5, cutoff=0.6)
     text = f"{name}: unknown architecture"
     if close:
         text += "; close matches: " + ", ".join(prefix + c for c in close)
@@ -464,6 +466,12 @@ def construct(
             f"{spec.label} returned a {type(model).__name__}, not a torch.nn.Module"
         )
     built = Built(model, spec, kwargs, list(spec.notes))
+    for attr in ("num_classes", "in_chans"):
+        value = kwargs.get(attr)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(built, attr, value)
+    if in_chans is not None:
+        built.in_chans = in_chans
     if adapt:
         assert in_chans is not None
         built.input_conv = adapt_stem(model, in_chans, spec.label)

@@ -412,7 +412,8 @@ def freeze_tables(r: dict[str, Any]) -> None:
         shown = ", ".join(safe(p) for p in bn["after"][:4]) + (
             " ..." if len(bn["after"]) > 4 else ""
         )
-        out.print(f"BatchNorm kept in eval mode: {len(bn['after'])} layers ({shown})")
+        n = len(bn["after"])
+        out.print(f"BatchNorm kept in eval mode: {n} layer{'s' if n != 1 else ''} ({shown})")
 
 
 def _split_bar(trainable: int, frozen: int, total: int) -> Text:
@@ -455,7 +456,8 @@ def count_report(r: dict[str, Any]) -> None:
         "  ".join(f"{d} {human_bytes(n)}" for d, n in r["bytes_by_dtype"].items()) or "-",
     )
     if f.get("bn_eval"):
-        grid.add_row("BatchNorm", f"kept in eval mode: {len(f['bn_eval'])} layers")
+        n = len(f["bn_eval"])
+        grid.add_row("BatchNorm", f"kept in eval mode: {n} layer{'s' if n != 1 else ''}")
     if r["shared_keys"]:
         grid.add_row("shared", f"{len(r['shared_keys'])} tied keys counted once")
     out.print(grid)
@@ -482,3 +484,179 @@ def count_report(r: dict[str, Any]) -> None:
     out.print(table)
     for note in r["notes"]:
         out.print(f"[yellow]note:[/] {safe(note)}")
+
+
+# --- transplant and archs -----------------------------------------------------------------------
+
+_STATUS_TEXT = {
+    "copied": "[green]copied[/]",
+    "renamed": "[cyan]renamed[/]",
+    "adapted": "[cyan]adapted[/]",
+    "reinitialised": "[yellow]re-initialised[/]",
+    "shape_mismatch": "[red]shape mismatch[/]",
+    "missing": "[yellow]missing in source[/]",
+    "unused": "[dim]unused from source[/]",
+    "mixed": "mixed",
+}
+# Statuses whose rows carry shapes: always shown key by key.
+_PER_KEY = ("adapted", "reinitialised", "shape_mismatch", "mixed")
+
+
+def _key_status(row: dict[str, Any]) -> str:
+    text = _STATUS_TEXT[row["status"]]
+    if row["status"] == "renamed" and row["source_key"]:
+        text += f" from {safe(row['source_key'])}"
+    if row["rule"]:
+        text += f" [dim]({safe(row['rule'])})[/]"
+    if row["status"] == "shape_mismatch":
+        text += f": source {row['source_shape']} ≠ target {row['shape']}"
+    elif row["status"] == "adapted":
+        text += f" {row['source_shape']} → {row['shape']}"
+    if row["detail"]:
+        text += f" ({safe(row['detail'])})"
+    if row["init"]:
+        text += f"; [dim]{safe(row['init'])}[/]"
+    return text
+
+
+def _transplant_table(title: str, groups: list[dict[str, Any]]) -> Table:
+    out.print(f"[bold]{title}[/]")
+    table = Table(box=None, pad_edge=False)
+    table.add_column("module")
+    table.add_column("keys", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("status")
+    for g in groups:
+        blocks = len(g["blocks"])
+        label = safe(g["module"]) + (f" [dim](×{blocks})[/]" if blocks > 1 else "")
+        keys = str(g["keys"] * blocks)
+        rows = g["rows"]
+        same = len({(r["status"], r["rule"], r["detail"], r["init"]) for r in rows}) == 1
+        if g["status"] not in _PER_KEY and same:
+            first = dict(rows[0], source_key=None) if len(rows) > 1 or blocks > 1 else rows[0]
+            table.add_row(label, keys, human_count(g["params"]), _key_status(first))
+            continue
+        if len(rows) == 1 and blocks == 1:
+            table.add_row(
+                safe(rows[0]["full_key"]), keys, human_count(g["params"]), _key_status(rows[0])
+            )
+            continue
+        table.add_row(label, keys, human_count(g["params"]), _STATUS_TEXT[g["status"]])
+        for r in rows:
+            each = human_count(r["numel"]) if r["kind"] == "parameter" else "[dim]buffer[/]"
+            table.add_row(f"  {safe(r['key'])}", "", each, _key_status(r))
+    return table
+
+
+def transplant_report(r: dict[str, Any], source: str) -> None:
+    """`ckpt transplant`: per-module status table, unused source keys, totals."""
+    a = r["arch"]
+    title = f"transplant {safe(source)} → {safe(a['label'])}"
+    if r["prefix_removed"]:
+        title += f"  [dim](prefix {safe(r['prefix_removed'])} removed)[/]"
+    out.print(_transplant_table(title, r["modules"]))
+    if r["unused_modules"]:
+        out.print(_transplant_table("unused from source", r["unused_modules"]))
+    t = r["totals"]
+    pct = t["coverage_pct"]
+    style = "green" if pct >= 90 else "yellow" if pct >= 50 else "red"
+    shown = f"{pct:.1f}" if pct >= 100 or round(pct, 1) < 100 else "99.9"  # never a false 100
+    out.print(
+        f"copied {t['copied_keys']} of {t['target_keys']} keys; {t['copied_params']:,} of "
+        f"{t['target_params']:,} parameters ([bold {style}]{shown}%[/])"
+    )
+    parts = [f"{n['keys']} {_STATUS_TEXT[s]}" for s, n in t["by_status"].items() if s != "copied"]
+    if parts:
+        out.print("  " + ", ".join(parts))
+
+
+def arch_list(data: dict[str, Any], pattern: str | None) -> None:
+    """`ckpt archs`: names per source, with how to install what is missing."""
+    from rich.columns import Columns
+
+    for source, info in data.items():
+        head = f"[bold]{source}[/] ({info['count']}"
+        head += f" matching {safe(pattern)})" if pattern else ")"
+        if not info["installed"]:
+            out.print(f"{head}  [yellow]not installed[/]: {safe(info['install'])}")
+            continue
+        out.print(head)
+        if info["names"]:
+            out.print(Columns([safe(n) for n in info["names"]], padding=(0, 2)))
+    out.print(
+        "[dim]bare names resolve seed → torchvision → timm; force one with "
+        "torchvision/NAME or timm/NAME; also package.module:factory, file.py:Class[/]"
+    )
+
+
+# --- scan ---------------------------------------------------------------------------------------
+
+_SEVERITY_STYLE = {
+    "dangerous": "[bold red]dangerous[/]",
+    "corrupt": "[red]damaged[/]",
+    "unknown": "[yellow]unknown[/]",
+    "safe": "[green]safe[/]",
+}
+_SCAN_STATUS = {
+    "dangerous": "[bold red]DANGEROUS[/]",
+    "error": "[red]unreadable or damaged[/]",
+    "clean": "[green]clean[/]",
+}
+
+
+def _where(f: dict[str, Any]) -> str:
+    where = safe(f["member"] or "")
+    if f["offset"] is not None:
+        where += f" [dim]@{f['offset']}[/]"
+    return where
+
+
+def scan_report(r: dict[str, Any]) -> None:
+    """`ckpt scan`: per file its verdict, what is not on the allowlist, and where it is."""
+    for f in r["files"]:
+        out.print(f"[bold]{safe(f['path'])}[/]  {safe(f['format'])}  {_SCAN_STATUS[f['status']]}")
+        flagged = [x for x in f["findings"] if x["severity"] != "safe"]
+        if flagged:
+            table = Table(box=None, pad_edge=False, show_header=False, padding=(0, 1))
+            for col in ("severity", "what", "where", "why"):
+                table.add_column(col, overflow="fold")
+            for x in flagged:
+                what = safe(x["name"] or x["kind"])
+                if x["count"] > 1:
+                    what += f" [dim]×{x['count']}[/]"
+                table.add_row(
+                    "  " + _SEVERITY_STYLE[x["severity"]], what, _where(x), safe(x["message"])
+                )
+            out.print(table)
+        safe_globals = [x for x in f["findings"] if x["severity"] == "safe" and x["name"]]
+        if safe_globals:
+            names = ", ".join(
+                safe(x["name"]) + (f" ×{x['count']}" if x["count"] > 1 else "")
+                for x in safe_globals
+            )
+            out.print(f"  [green]allowlisted:[/] [dim]{names}[/]")
+        for x in f["findings"]:
+            if x["severity"] == "safe" and not x["name"]:
+                out.print(f"  [dim]{safe(x['message'])}[/]")
+    s = r["summary"]
+    out.print(
+        f"scanned {s['files']} file{'s' if s['files'] != 1 else ''}: {s['clean']} clean, "
+        f"{s['dangerous']} dangerous, {s['error']} unreadable or damaged"
+    )
+    if s["dangerous"]:
+        out.print(
+            "[bold red]do not load dangerous files with torch.load(weights_only=False) or "
+            "pickle.load[/]; nothing in them was run by this scan"
+        )
+
+
+def scan_verdict(r: dict[str, Any]) -> None:
+    """One stderr line when a scan does not come back clean."""
+    s = r["summary"]
+    if s["dangerous"]:
+        error(
+            f"{s['dangerous']} of {s['files']} scanned file(s) reach dangerous callables; "
+            "nothing was run"
+        )
+    elif s["error"]:
+        error(f"{s['error']} of {s['files']} scanned file(s) are unreadable or damaged")

@@ -325,3 +325,420 @@ HOSTILE_OTHER: list[tuple[Builder, tuple[str, ...], bool]] = [
     (pickle_protocol0_system, ("posix.system",), True),
     (legacy_os_system, ("posix.system",), True),
 ]
+
+
+# =========================================================================== hand-assembled pickles
+# Added for `ckpt scan` and the hostile corpus. A tiny assembler: each helper returns opcode
+# bytes, so a test can place a payload exactly where a scanner might not look (a memo entry, a
+# BUILD state, a persistent id, a dotted attribute path, bytes inside bytes).
+
+
+def _u(s: str) -> bytes:
+    """BINUNICODE."""
+    raw = s.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def _i(n: int) -> bytes:
+    """BININT, or LONG1 beyond 32 bits."""
+    if -(2**31) <= n < 2**31:
+        return b"J" + struct.pack("<i", n)
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw
+
+
+def _b(data: bytes) -> bytes:
+    """BINBYTES."""
+    return b"B" + struct.pack("<I", len(data)) + data
+
+
+def _g(module: str, name: str) -> bytes:
+    """GLOBAL (protocol 0-2 spelling)."""
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _sg(module: str, name: str) -> bytes:
+    """STACK_GLOBAL with both strings pushed right before it."""
+    return _u(module) + _u(name) + b"\x93"
+
+
+def _tup(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def _call(fn: bytes, *args: bytes) -> bytes:
+    return fn + _tup(*args) + b"R"
+
+
+def _dict(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return b"}(" + b"".join(k + v for k, v in pairs) + b"u"
+
+
+def _pickle(body: bytes, proto: int = 4) -> bytes:
+    return b"\x80" + bytes([proto]) + body + b"."
+
+
+def _tensor(
+    key: str,
+    shape: tuple[int, ...],
+    *,
+    numel: int | None = None,
+    stride: tuple[int, ...] | None = None,
+    storage: bytes | None = None,
+    location: bytes | None = None,
+) -> bytes:
+    """torch._utils._rebuild_tensor_v2 of a persistent storage, as torch.save writes it."""
+    if stride is None:
+        acc, out = 1, []
+        for d in reversed(shape):
+            out.insert(0, acc)
+            acc *= max(d, 1)
+        stride = tuple(out)
+    if numel is None:
+        numel = 1
+        for d in shape:
+            numel *= d
+    pid = _tup(
+        _u("storage"),
+        storage if storage is not None else _g("torch", "FloatStorage"),
+        _u(key),
+        location if location is not None else _u("cpu"),
+        _i(numel),
+    )
+    return _call(
+        _g("torch._utils", "_rebuild_tensor_v2"),
+        pid + b"Q",
+        _i(0),
+        _tup(*map(_i, shape)),
+        _tup(*map(_i, stride)),
+        b"\x89",
+        _call(_g("collections", "OrderedDict")),
+    )
+
+
+def _base_members() -> list[tuple[str, bytes]]:
+    """torch.save's members for module.weight (3x4, storage 0) and module.bias (3, storage 1)."""
+    buf = io.BytesIO()
+    sd = {"module.weight": torch.arange(12.0).reshape(3, 4), "module.bias": torch.ones(3)}
+    torch.save(sd, buf)
+    with zipfile.ZipFile(buf) as zf:
+        return [(i.filename, zf.read(i)) for i in zf.infolist()]
+
+
+WEIGHT = ("module.weight", (3, 4), "0")
+BIAS = ("module.bias", (3,), "1")
+
+
+def _state_dict_pkl(*extra: tuple[bytes, bytes], proto: int = 4) -> bytes:
+    """data.pkl: {module.weight, module.bias, *extra}, tensors over storages 0 and 1."""
+    pairs = [(_u(k), _tensor(s, shape)) for k, shape, s in (WEIGHT, BIAS)]
+    return _pickle(_dict([*pairs, *extra]), proto)
+
+
+def _zip(
+    directory: Path,
+    name: str,
+    data_pkl: bytes,
+    *,
+    extra: list[tuple[str, bytes]] | None = None,
+    replace: dict[str, bytes] | None = None,
+) -> Path:
+    """A torch zip with the given data.pkl (and optional extra or replaced members)."""
+    members = [(n, data_pkl if n.endswith("/data.pkl") else d) for n, d in _base_members()]
+    members = [(n, (replace or {}).get(n, d)) for n, d in members] + (extra or [])
+    path = Path(directory) / name
+    _write_torch_zip(path, members)
+    return path
+
+
+def _touch(directory: Path) -> str:
+    return f"touch '{canary_path(directory)}'"
+
+
+def _py_touch(directory: Path) -> str:
+    return f"open({str(canary_path(directory))!r}, 'w').close()"
+
+
+def _evil_zip(directory: Path, name: str, evil: bytes, proto: int = 4) -> Path:
+    return _zip(directory, name, _state_dict_pkl((_u("evil"), evil), proto=proto))
+
+
+def zip_os_system_stack_global(directory: Path) -> Path:
+    """os.system (the `os` spelling, not posix) through STACK_GLOBAL."""
+    return _evil_zip(directory, "os_system.pth", _call(_sg("os", "system"), _u(_touch(directory))))
+
+
+def zip_posix_system(directory: Path) -> Path:
+    return _evil_zip(
+        directory, "posix_system.pth", _call(_g("posix", "system"), _u(_touch(directory)))
+    )
+
+
+def zip_subprocess_popen(directory: Path) -> Path:
+    """subprocess.Popen(cmd, shell=True) with shell passed positionally."""
+    args = [_u(_touch(directory)), _i(-1), *[b"N"] * 5, b"\x88", b"\x88"]
+    return _evil_zip(directory, "subprocess_popen.pth", _call(_sg("subprocess", "Popen"), *args))
+
+
+def zip_builtins_exec(directory: Path) -> Path:
+    return _evil_zip(
+        directory, "builtins_exec.pth", _call(_sg("builtins", "exec"), _u(_py_touch(directory)))
+    )
+
+
+def zip_builtins_eval(directory: Path) -> Path:
+    return _evil_zip(
+        directory, "builtins_eval.pth", _call(_sg("builtins", "eval"), _u(_py_touch(directory)))
+    )
+
+
+def zip_getattr_chain(directory: Path) -> Path:
+    """builtins.getattr(builtins.__import__('os'), 'system')('touch ...')."""
+    os_mod = _call(_g("builtins", "__import__"), _u("os"))
+    system = _call(_g("builtins", "getattr"), os_mod, _u("system"))
+    return _evil_zip(directory, "getattr_chain.pth", _call(system, _u(_touch(directory))))
+
+
+def zip_dunder_import(directory: Path) -> Path:
+    """builtins.__import__ of a module whose import writes the canary."""
+    (Path(directory) / f"{EVIL_MODULE}.py").write_text(f"{_py_touch(directory)}\n")
+    return _evil_zip(
+        directory, "dunder_import.pth", _call(_sg("builtins", "__import__"), _u(EVIL_MODULE))
+    )
+
+
+def zip_runpy_run_code(directory: Path) -> Path:
+    """runpy._run_code(source, {}) execs the source."""
+    return _evil_zip(
+        directory,
+        "runpy_run_code.pth",
+        _call(_sg("runpy", "_run_code"), _u(_py_touch(directory)), b"}"),
+    )
+
+
+def zip_nested_pickle(directory: Path) -> Path:
+    """A bytes entry (no tensor) holding a whole pickle with os.system: inert data to torch.load,
+    a payload to whoever calls pickle.loads on it."""
+    inner = pickle.dumps(_OsSystem(canary_path(directory)), protocol=4)
+    return _evil_zip(directory, "nested_pickle.pth", _b(inner))
+
+
+def zip_memo_stack_global(directory: Path) -> Path:
+    """'os' and 'system' memoised inside a harmless list, STACK_GLOBAL later from BINGETs."""
+    names = b"](" + _u("os") + b"q\x64" + _u("system") + b"q\x65e"  # BINPUT 100, 101
+    call = _call(b"h\x64h\x65\x93", _u(_touch(directory)))  # BINGET 100, 101, STACK_GLOBAL
+    data = _state_dict_pkl((_u("names"), names), (_u("evil"), call))
+    return _zip(directory, "memo_stack_global.pth", data)
+
+
+def zip_memo_callable(directory: Path) -> Path:
+    """posix.system memoised and popped at once; called much later through BINGET."""
+    hidden = _g("posix", "system") + b"q\x660N"  # BINPUT 102, POP, push None instead
+    call = _call(b"h\x66", _u(_touch(directory)))
+    data = _state_dict_pkl((_u("hidden"), hidden), (_u("evil"), call))
+    return _zip(directory, "memo_callable.pth", data)
+
+
+def zip_build_state(directory: Path) -> Path:
+    """The call sits in the BUILD state of an innocent-looking argparse.Namespace."""
+    state = _dict([(_u("lr"), _call(_g("posix", "system"), _u(_touch(directory))))])
+    ns = _call(_g("argparse", "Namespace")) + state + b"b"
+    return _evil_zip(directory, "build_state.pth", ns)
+
+
+def zip_persistent_id(directory: Path) -> Path:
+    """The call is the `location` field of a storage's persistent id."""
+    evil_loc = _call(_g("posix", "system"), _u(_touch(directory)))
+    pairs = [
+        (_u("module.weight"), _tensor("0", (3, 4), location=evil_loc)),
+        (_u("module.bias"), _tensor("1", (3,))),
+    ]
+    return _zip(directory, "persistent_id.pth", _pickle(_dict(pairs)))
+
+
+def zip_dotted_name(directory: Path) -> Path:
+    """Protocol 4 resolves dotted names as attribute paths: torch + serialization.os.system."""
+    call = _call(_sg("torch", "serialization.os.system"), _u(_touch(directory)))
+    return _evil_zip(directory, "dotted_name.pth", call)
+
+
+def zip_computed_global(directory: Path) -> Path:
+    """STACK_GLOBAL whose module name is computed at load time (builtins.str('os'))."""
+    module = _call(_g("builtins", "str"), _u("os"))
+    call = _call(module + _u("system") + b"\x93", _u(_touch(directory)))
+    return _evil_zip(directory, "computed_global.pth", call)
+
+
+def zip_extension_code(directory: Path) -> Path:
+    """EXT1: a global by copyreg extension code, which no scan can name."""
+    return _evil_zip(directory, "extension_code.pth", _call(b"\x82\x2a", _u("x")))
+
+
+def zip_torchscript_constants(directory: Path) -> Path:
+    """A TorchScript-looking archive whose constants.pkl calls os.system."""
+    constants = _pickle(_tup(_call(_g("posix", "system"), _u(_touch(directory)))), 2)
+    extra = [("archive/constants.pkl", constants), ("archive/code/__torch__.py", b"# code\n")]
+    return _zip(directory, "torchscript.pth", _state_dict_pkl(), extra=extra)
+
+
+def zip_duplicate_data_pkl(directory: Path) -> Path:
+    """data.pkl twice: a clean one first, a hostile one last (the one most readers keep)."""
+    import warnings
+
+    evil = _state_dict_pkl((_u("evil"), _call(_g("posix", "system"), _u(_touch(directory)))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate it is asked to write
+        return _zip(
+            directory, "duplicate_member.pth", _state_dict_pkl(), extra=[("archive/data.pkl", evil)]
+        )
+
+
+def _build_on(target: bytes, state: bytes) -> bytes:
+    """BUILD applied to a global itself (pushed, not called), then dropped with POP."""
+    return target + state + b"b0"
+
+
+def zip_build_on_dtype(directory: Path) -> Path:
+    state = _dict([(_u("itemsize"), _i(99)), (_u("is_floating_point"), b"\x89")])
+    evil = _build_on(_g("torch", "float32"), state) + b"N"
+    return _evil_zip(directory, "build_on_dtype.pth", evil)
+
+
+def zip_build_on_ordereddict(directory: Path) -> Path:
+    state = _tup(b"N", _dict([(_u("__init__"), _g("builtins", "print"))]))
+    evil = _build_on(_g("collections", "OrderedDict"), state) + b"N"
+    return _evil_zip(directory, "build_on_ordereddict.pth", evil)
+
+
+def zip_build_on_rebuild_tensor(directory: Path) -> Path:
+    """Tries to replace _rebuild_tensor_v2's defaults before the tensors are rebuilt."""
+    state = _tup(b"N", _dict([(_u("__defaults__"), _tup(b"\x88", b"N", b"N"))]))
+    evil = _build_on(_g("torch._utils", "_rebuild_tensor_v2"), state) + b"N"
+    pairs = [(_u("evil"), evil)] + [(_u(k), _tensor(s, shape)) for k, shape, s in (WEIGHT, BIAS)]
+    return _zip(directory, "build_on_rebuild_tensor.pth", _pickle(_dict(pairs)))
+
+
+def pickle_trailing_payload(directory: Path) -> Path:
+    """A clean pickle followed by a second one with a payload (code calling pickle.load twice)."""
+    path = Path(directory) / "trailing_payload.pkl"
+    first = pickle.dumps({"weight": np.zeros((2, 2), np.float32)}, protocol=4)
+    path.write_bytes(first + pickle.dumps(_OsSystem(canary_path(directory)), protocol=4))
+    return path
+
+
+# --------------------------------------------------------------------------- broken torch zips
+
+
+def zip_missing_storage(directory: Path) -> Path:
+    pairs = [(_u("module.weight"), _tensor("7", (3, 4)))]
+    return _zip(directory, "missing_storage.pth", _pickle(_dict(pairs)))
+
+
+def zip_record_too_small(directory: Path) -> Path:
+    """A 1 KB record claiming a 1 GB tensor (2**28 float32)."""
+    pairs = [(_u("module.weight"), _tensor("0", (2**28,)))]
+    return _zip(
+        directory,
+        "record_too_small.pth",
+        _pickle(_dict(pairs)),
+        replace={"archive/data/0": bytes(1024)},
+    )
+
+
+def zip_negative_shape(directory: Path) -> Path:
+    pairs = [(_u("module.weight"), _tensor("0", (-1, 12), numel=12, stride=(12, 1)))]
+    return _zip(directory, "negative_shape.pth", _pickle(_dict(pairs)))
+
+
+def zip_huge_numel(directory: Path) -> Path:
+    pairs = [(_u("module.weight"), _tensor("0", (2**40, 2**40), numel=12, stride=(2**40, 1)))]
+    return _zip(directory, "huge_numel.pth", _pickle(_dict(pairs)))
+
+
+def zip_unknown_dtype(directory: Path) -> Path:
+    pairs = [(_u("module.weight"), _tensor("0", (3, 4), storage=_g("torch", "Float7Storage")))]
+    return _zip(directory, "unknown_dtype.pth", _pickle(_dict(pairs)))
+
+
+def zip_bad_crc(directory: Path) -> Path:
+    """A storage record whose bytes no longer match the CRC-32 in the directory."""
+    path = _zip(directory, "bad_crc.pth", _state_dict_pkl())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("archive/data/0")
+    data = bytearray(path.read_bytes())
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        n, m = struct.unpack("<2H", f.read(4))
+    data[info.header_offset + 30 + n + m] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+# --------------------------------------------------------------------------- other formats
+
+
+def safetensors_invalid_utf8(directory: Path) -> Path:
+    path = Path(directory) / "invalid_utf8.safetensors"
+    path.write_bytes(safetensors_bytes(b'{"a\xff\xfe": {"dtype": "F32"}}', bytes(16)))
+    return path
+
+
+def _index(directory: Path, name: str, weight_map: dict[str, str]) -> Path:
+    folder = Path(directory) / name
+    folder.mkdir()
+    shard = folder / "model-00001-of-00001.safetensors"
+    shard.write_bytes(safetensors_bytes({"a": _f32_entry(0, 16), **_META}, bytes(16)))
+    path = folder / "model.safetensors.index.json"
+    path.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return path
+
+
+def index_outside_folder(directory: Path) -> Path:
+    return _index(
+        directory, "outside", {"a": "model-00001-of-00001.safetensors", "b": "../../etc/passwd"}
+    )
+
+
+def index_missing_shard(directory: Path) -> Path:
+    return _index(
+        directory,
+        "missing",
+        {"a": "model-00001-of-00001.safetensors", "b": "model-00002-of-00002.safetensors"},
+    )
+
+
+def _dcp_save(folder: Path, state: dict[str, object]) -> None:
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=str(folder), no_dist=True)
+
+
+def dcp_corrupt_metadata(directory: Path) -> Path:
+    folder = Path(directory) / "dcp_corrupt"
+    _dcp_save(folder, {"w": torch.arange(6.0)})
+    meta = folder / ".metadata"
+    meta.write_bytes(meta.read_bytes()[:40])
+    return folder
+
+
+def dcp_bytes_item_payload(directory: Path) -> Path:
+    """A non-tensor DCP item: torch's DCP loader reads these with torch.load(weights_only=False)."""
+    folder = Path(directory) / "dcp_bytes_payload"
+    _dcp_save(folder, {"w": torch.arange(6.0), "evil": _OsSystem(canary_path(directory))})
+    return folder
+
+
+def dcp_metadata_payload(directory: Path) -> Path:
+    """.metadata (read by torch with an unrestricted pickle.load) with a payload in it."""
+    folder = Path(directory) / "dcp_metadata_payload"
+    _dcp_save(folder, {"w": torch.arange(6.0)})
+    meta = folder / ".metadata"
+    data = meta.read_bytes()
+    assert data[-1:] == b"."
+    evil = _call(_g("posix", "system"), _u(_touch(directory)))
+    meta.write_bytes(data[:-1] + evil + b"0.")  # call, POP, STOP: the Metadata stays the result
+    return folder

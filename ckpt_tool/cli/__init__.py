@@ -8,10 +8,13 @@ import typer
 
 from ckpt_tool import __version__
 
+from .archs_cmd import archs
 from .convert_cmd import cast, convert
 from .freeze_cmd import count, freeze
 from .inspect_cmd import inspect
+from .scan_cmd import scan
 from .surgery_cmd import add_module, extract, rename, strip_module
+from .transplant_cmd import transplant
 
 app = typer.Typer(
     name="ckpt",
@@ -43,13 +46,16 @@ def _root(
 
 app.command(rich_help_panel="Inspect")(inspect)
 app.command(rich_help_panel="Inspect")(count)
+app.command(rich_help_panel="Inspect")(archs)
 app.command("strip-module", rich_help_panel="Edit")(strip_module)
 app.command("add-module", rich_help_panel="Edit")(add_module)
 app.command(rich_help_panel="Edit")(rename)
 app.command(rich_help_panel="Edit")(extract)
+app.command(rich_help_panel="Edit")(transplant)
 app.command(rich_help_panel="Edit")(freeze)
 app.command(rich_help_panel="Edit")(cast)
 app.command(rich_help_panel="Edit")(convert)
+app.command(rich_help_panel="Check")(scan)
 
 
 def main() -> None:

@@ -101,8 +101,9 @@ def freeze(
 ) -> None:
     """Freeze parameters by name: requires_grad=False, recorded in the output file.
 
-    Examples: ckpt freeze 'layer1.*' model.pth        (writes model.frozen.pth)
-              ckpt freeze --only 'fc.*' model.pth      (train only the head)
+    Example: ckpt freeze 'layer1.*' model.pth   (writes model.frozen.pth)
+
+    Train only the head: ckpt freeze --only 'fc.*' model.pth
     """
     if unfreeze and only:
         raise UsageError("--only already makes its matches trainable; drop --unfreeze")
@@ -175,8 +176,9 @@ def count(
 ) -> None:
     """Count parameters: trainable and frozen (as recorded), buffers, bytes, per module.
 
-    Examples: ckpt count model.pth --depth 2
-              ckpt count --arch resnet34 --num-classes 4
+    Example: ckpt count model.pth --depth 2
+
+    Before you have weights: ckpt count --arch resnet34 --num-classes 4
     """
     if path is None and arch is None:
         raise UsageError("give a checkpoint, --arch ARCH, or both")

@@ -8,6 +8,7 @@ pattern never silently selects more than the user wrote.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import fnmatch
 import re
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpt_tool.checkpoint import BN_EVAL_FIELD
 from ckpt_tool.errors import CkptError, UsageError, WeightsNotFound
 
 from .prefixes import wrapper_chain
@@ -72,21 +74,19 @@ def _module_globs(names: Iterable[str]) -> list[str]:
 def no_match_hint(pattern: str, names: Sequence[str], regex: bool) -> str:
     """Why a pattern probably matched nothing, and real names close to it."""
     if regex:
-        try:
-            compiled = re.compile(pattern)
-        except re.error:
-            compiled = None
-        if compiled is not None and any(compiled.search(n) for n in names):
+        compiled = re.compile(pattern)
+        if any(compiled.search(n) for n in names):
             return f"regexes must match the whole name (re.fullmatch); try '.*{pattern}.*'"
     elif any(n.startswith(pattern + ".") for n in names):
         return f"patterns match whole names; did you mean '{pattern}.*'?"
-    if names and all(n.startswith("model.") for n in names) and not pattern.startswith("model."):
-        return f"every key starts with Lightning's 'model.'; try 'model.{pattern}'"
+    if not regex and any(fnmatch.fnmatchcase(n, "model." + pattern) for n in names):
+        return f"the keys carry Lightning's 'model.' prefix; try 'model.{pattern}'"
     candidates = _module_globs(names)
     close = difflib.get_close_matches(pattern, candidates, n=4, cutoff=0.5)
     if not close:
-        close = [c for c in candidates if c.count(".") == 1 and c.endswith(".*")][:4]
-    return "close names: " + ", ".join(repr(c) for c in close) if close else "no names to show"
+        top = [c for c in candidates if c.count(".") == 1 and c.endswith(".*")]
+        close = (top or list(names))[:4]
+    return "names look like: " + ", ".join(repr(c) for c in close) if close else "it has no keys"
 
 
 @dataclass
@@ -231,6 +231,22 @@ def _plan_bn(
 def _few(items: Sequence[str], n: int = 3) -> str:
     shown = ", ".join(items[:n])
     return shown + (f" +{len(items) - n} more" if len(items) > n else "")
+
+
+def with_bn_eval(metadata: Any, paths: Sequence[str]) -> collections.OrderedDict[Any, Any]:
+    """A copy of a state_dict's `_metadata` whose BatchNorm eval marks are exactly `paths`."""
+    meta: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+    if isinstance(metadata, dict):
+        for path, info in metadata.items():
+            if isinstance(info, dict):
+                info = {k: v for k, v in info.items() if k != BN_EVAL_FIELD}
+            meta[path] = info
+    for path in paths:
+        info = meta.get(path)
+        if not isinstance(info, dict):
+            info = meta[path] = {}
+        info[BN_EVAL_FIELD] = True
+    return meta
 
 
 def batchnorm_layers(

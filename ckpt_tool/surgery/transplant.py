@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import SurgeryError, UsageError
-from ckpt_tool.formats.safe_pickle import TensorRecord
+from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord
 
 from .prefixes import LIGHTNING, detect_prefix
 from .rename import regex_plan
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from ckpt_tool.archs import Built
     from ckpt_tool.checkpoint import Checkpoint
     from ckpt_tool.edit import Output
 
@@ -138,7 +139,10 @@ def _wrapper_prefix(source: Sequence[str], target: Sequence[str]) -> tuple[str, 
     """The wrapper prefix every source key carries (and the target's do not), plus notes."""
     report = detect_prefix(source)
     prefix = report.prefix or (LIGHTNING if report.lightning else "")
-    if prefix and target and all(k.startswith(prefix) for k in target):
+    wanted = set(target)
+    if prefix and sum(k in wanted for k in source) > sum(
+        k[len(prefix) :] in wanted for k in source
+    ):
         return "", []  # the target's own keys carry it: nothing to remove
     if prefix:
         return prefix, [f"removed the wrapper prefix {prefix!r} from every source key"]
@@ -282,11 +286,11 @@ def plan(
             and tm.shape[1] == in_chans
         ):
             row.status = "adapted"
-            n = sm.shape[1]
+            chans = sm.shape[1]
             row.detail = (
-                f"summed over {n} input channels"
+                f"summed over {chans} input channels"
                 if in_chans == 1
-                else f"{n} input channels repeated to {in_chans}, scaled by {n}/{in_chans}"
+                else f"{chans} input channels repeated to {in_chans}, scaled by {chans}/{in_chans}"
             )
         elif (
             num_classes is not None
@@ -318,7 +322,7 @@ _INDEX = re.compile(r"^(.*)\.(\d+)$")
 
 
 def _unit(key: str) -> tuple[str, str]:
-    """(block, rest): the key up to its first numeric component, e.g. ('layer1.0', 'conv1.weight')."""
+    """(block, rest): the key cut after its first numeric part: ('layer1.0', 'conv1.weight')."""
     parts = key.split(".")
     for i, p in enumerate(parts[:-1]):
         if p.isdigit():
@@ -493,11 +497,19 @@ def _whole_storage(rec: TensorRecord) -> bool:
         return False
     if rec.numel != s.numel:
         return False
-    expected, acc = [], 1
+    expected: list[int] = []
+    acc = 1
     for d in reversed(rec.shape):
         expected.insert(0, acc)
         acc *= d
     return rec.numel <= 1 or tuple(expected) == rec.stride
+
+
+def _cpu(storage: StorageRef) -> StorageRef:
+    """The same bytes (located by key), to be loaded on CPU whatever device saved them."""
+    if storage.location == "cpu":
+        return storage
+    return StorageRef(storage.key, storage.dtype, "cpu", storage.numel)
 
 
 def execute(ckpt: Checkpoint, model: nn.Module, plan_: TransplantPlan) -> Output:
@@ -513,6 +525,7 @@ def execute(ckpt: Checkpoint, model: nn.Module, plan_: TransplantPlan) -> Output
             if k.status not in TRANSFERRED and k.init is not None:
                 _initialise(state[k.key], k.init)
     records: dict[str, TensorRecord] = {}
+    on_cpu: dict[int, StorageRef] = {}  # the output is for a new model: its tensors load on CPU
     with TensorReader(ckpt) as reader:
         for k in plan_.keys:
             if k.status not in TRANSFERRED:
@@ -522,7 +535,9 @@ def execute(ckpt: Checkpoint, model: nn.Module, plan_: TransplantPlan) -> Output
             entry = ckpt.tensors[k.source_key]
             rec = entry.record
             if k.status != "adapted" and k.dtype == rec.dtype and _whole_storage(rec):
-                records[k.key] = TensorRecord(rec.storage, 0, rec.shape, rec.stride, rec.dtype)
+                assert rec.storage is not None
+                storage = on_cpu.setdefault(id(rec.storage), _cpu(rec.storage))
+                records[k.key] = TensorRecord(storage, 0, rec.shape, rec.stride, rec.dtype)
                 continue
             value = reader.read(entry)
             if k.status == "adapted":
@@ -534,3 +549,48 @@ def execute(ckpt: Checkpoint, model: nn.Module, plan_: TransplantPlan) -> Output
     if meta is not None:
         root._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
     return Output(root=root, weights=dict(records), weights_key=None, whole_container=False)
+
+
+def transplant(
+    ckpt: Checkpoint,
+    built: Built,
+    *,
+    maps: Sequence[str] = (),
+    match: str = "exact",
+    init: str = "default",
+    seed: int = 0,
+    keep_dtype: bool = False,
+) -> tuple[TransplantPlan, Output]:
+    """Plan and execute a transplant of ckpt's weights into a built architecture."""
+    model = built.model
+    try:
+        p = _plan_for(ckpt, built, maps, match, init, seed, keep_dtype)
+    except SurgeryError as exc:
+        raise SurgeryError(f"{ckpt.path}: {exc.message}") from None
+    p.notes = [*built.notes, *p.notes]
+    return p, execute(ckpt, model, p)
+
+
+def _plan_for(
+    ckpt: Checkpoint,
+    built: Built,
+    maps: Sequence[str],
+    match: str,
+    init: str,
+    seed: int,
+    keep_dtype: bool,
+) -> TransplantPlan:
+    model = built.model
+    return plan(
+        source_metas(ckpt),
+        target_metas(model),
+        maps=maps,
+        match=match,
+        num_classes=built.num_classes,
+        in_chans=built.in_chans,
+        input_conv=input_conv_key(model),
+        init=init,
+        seed=seed,
+        keep_dtype=keep_dtype,
+        norms=norm_weights(model),
+    )

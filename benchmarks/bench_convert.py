@@ -1,0 +1,365 @@
+"""Benchmark `ckpt convert IN -o OUT.safetensors` (and `--dtype fp16`) against `cp` and the naive
+torch.load + safetensors.torch.save_file script.
+
+Builds two seeded torch-zip state_dicts (SIZE and 2x SIZE: many large fp32 tensors plus small
+BatchNorm-like ones with int64 counters), checks once per file, in a torch subprocess, that both
+ckpt variants write a file that safetensors' own loader (`safetensors.torch.load_file`) reads
+back with every key and bitwise-correct values (the input's bytes; `t.to(float16)` for floating
+tensors with --dtype fp16, integers unchanged), then times each command in a fresh subprocess:
+1 warm-up run, then N timed runs, the output removed and `sync` run (untimed) before every run;
+records wall time and the child's own peak RSS via os.wait4. Prints a Markdown table and
+PASS/FAIL lines; when a ckpt time target fails it profiles that command once with cProfile on
+the smaller file and prints the top costs. Exits 0 even when a target fails.
+
+The parent process never imports torch (see _common.py): builds and checks run in subprocesses.
+
+    python benchmarks/bench_convert.py [--size-gb 1.5] [--runs 3] [--workdir DIR] [--keep]
+                                       [--json-out PATH] [--quick] [--no-profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from _common import (
+    LARGE_NUMEL,
+    Checkpoint,
+    Result,
+    build_checkpoint,
+    check_free_space,
+    ckpt_executable,
+    find,
+    make_workdir,
+    measure,
+    num_large_for,
+    print_checks,
+)
+
+TOOL = "bench_convert"
+QUICK_SIZE_GB = 0.15
+
+TARGET_VS_CP = 2.0
+TARGET_CAST_VS_CP = 4.0
+TARGET_VS_NAIVE = 4.0
+TARGET_RSS_MB = 100.0
+TARGET_CAST_RSS_MB = 200.0
+TARGET_FLAT_RATIO = 1.2
+TARGET_FLAT_SLACK_MB = 5.0
+PROFILE_TOP = 12
+
+CP = "cp"
+CP_SYNC = "cp + sync (extra)"
+NAIVE = "naive torch.load + save_file"
+CONVERT = "ckpt convert"
+CONVERT_FP16 = "ckpt convert --dtype fp16"
+CKPT_COMMANDS = (CONVERT, CONVERT_FP16)
+
+NAIVE_CODE = (
+    "import sys, torch; from safetensors.torch import save_file; "
+    "sd = torch.load(sys.argv[1], weights_only=True); "
+    "save_file(sd, sys.argv[2], metadata={'format': 'pt'})"
+)
+
+CHECK_CODE = """
+import sys, torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+src, dst, dtype = sys.argv[1:4]
+a = torch.load(src, mmap=True, weights_only=True)
+b = load_file(dst)  # safetensors' own loader
+with safe_open(dst, "pt") as f:
+    meta = f.metadata() or {}
+problems = []
+if meta.get("format") != "pt":
+    problems.append(f"__metadata__ format is {meta.get('format')!r}, not 'pt'")
+if sorted(b) != sorted(a):
+    problems.append(f"keys differ: {len(b)} read back, {len(a)} in the input")
+else:
+    for k, x in a.items():
+        want = x.to(getattr(torch, dtype)) if dtype != "none" and x.is_floating_point() else x
+        y = b[k]
+        raw = [t.contiguous().reshape(-1).view(torch.uint8) for t in (want, y)]
+        if want.dtype != y.dtype or want.shape != y.shape or not torch.equal(*raw):
+            problems.append(f"tensor {k} differs ({y.dtype} {tuple(y.shape)})")
+            break
+print("; ".join(problems) if problems else f"ok: {len(b)} tensors, all bytes equal")
+sys.exit(1 if problems else 0)
+"""
+
+PROFILE_CODE = """
+import pstats, sys
+stats = pstats.Stats(sys.argv[1])
+stats.sort_stats("tottime").print_stats(int(sys.argv[2]))
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-gb", type=float, default=1.5, help="size of the smaller file (GB)")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per command (after 1 warm)")
+    ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write results as JSON")
+    ap.add_argument("--seed", type=int, default=0, help="seed for the tensor values")
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_SIZE_GB} GB files")
+    ap.add_argument(
+        "--no-profile", action="store_true", help="do not profile ckpt when it misses a target"
+    )
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.size_gb = QUICK_SIZE_GB
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    return args
+
+
+def output_path(ckpt: Checkpoint) -> Path:
+    """Where every measured command writes its copy of ckpt."""
+    return ckpt.path.with_name(ckpt.path.stem + ".out.safetensors")
+
+
+def reset_output(path: Path) -> Callable[[], None]:
+    """A callable that deletes path, then flushes dirty pages so runs do not share writeback."""
+
+    def reset() -> None:
+        path.unlink(missing_ok=True)
+        os.sync()
+
+    return reset
+
+
+def commands(ckpt_exe: str, src: Path, dst: Path) -> dict[str, list[str]]:
+    """The measured commands, by display name; each writes dst."""
+    convert = [ckpt_exe, "convert", str(src), "-o", str(dst), "--force"]
+    return {
+        CP: ["cp", str(src), str(dst)],
+        CP_SYNC: ["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", str(src), str(dst)],
+        NAIVE: [sys.executable, "-c", NAIVE_CODE, str(src), str(dst)],
+        CONVERT: convert,
+        CONVERT_FP16: [*convert, "--dtype", "fp16"],
+    }
+
+
+def verify_output(ckpt_exe: str, ckpt: Checkpoint) -> None:
+    """Exit 1 unless both convert variants write what safetensors' loader reads back right."""
+    dst = output_path(ckpt)
+    argv = commands(ckpt_exe, ckpt.path, dst)
+    for name, dtype in ((CONVERT, "none"), (CONVERT_FP16, "float16")):
+        dst.unlink(missing_ok=True)
+        run = subprocess.run(argv[name], capture_output=True, text=True, check=False)
+        if run.returncode != 0:
+            print(f"FAIL: `{name}` exited {run.returncode} on {ckpt.path}:\n{run.stderr}")
+            sys.exit(1)
+        chk = subprocess.run(
+            [sys.executable, "-c", CHECK_CODE, str(ckpt.path), str(dst), dtype],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(f"check `{name}` on {ckpt.label}: {(chk.stdout or chk.stderr).strip()}", flush=True)
+        if chk.returncode != 0:
+            print(f"FAIL: `{name}` output is wrong:\n{chk.stderr[-2000:]}")
+            sys.exit(1)
+    dst.unlink(missing_ok=True)
+
+
+def markdown_table(results: list[Result]) -> str:
+    """Results as a Markdown table, with time ratios against cp and the naive script."""
+    lines = [
+        "| command | size | median wall s | peak RSS MB | vs cp | naive / this |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        cp = find(results, CP, r.checkpoint).median_s
+        naive = find(results, NAIVE, r.checkpoint).median_s
+        lines.append(
+            f"| `{r.command}` | {r.checkpoint} | {r.median_s:.3f} | {r.peak_mb:.0f} "
+            f"| {r.median_s / cp:.2f}x | {naive / r.median_s:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def check_targets(results: list[Result], labels: list[str]) -> list[dict[str, object]]:
+    """Evaluate the performance targets; one dict per check."""
+    checks: list[dict[str, object]] = []
+
+    def add(name: str, passed: bool, detail: str, command: str = "") -> None:
+        checks.append({"name": name, "passed": passed, "detail": detail, "command": command})
+
+    for label in labels:
+        cp = find(results, CP, label).median_s
+        naive = find(results, NAIVE, label).median_s
+        conv = find(results, CONVERT, label).median_s
+        cast = find(results, CONVERT_FP16, label).median_s
+        add(
+            f"{CONVERT} within {TARGET_VS_CP}x of cp on {label}",
+            conv / cp <= TARGET_VS_CP,
+            f"{conv / cp:.2f}x",
+            CONVERT,
+        )
+        add(
+            f"{CONVERT} >= {TARGET_VS_NAIVE}x faster than the naive script on {label}",
+            naive / conv >= TARGET_VS_NAIVE,
+            f"{naive / conv:.2f}x",
+            CONVERT,
+        )
+        add(
+            f"{CONVERT_FP16} within {TARGET_CAST_VS_CP}x of cp on {label}",
+            cast / cp <= TARGET_CAST_VS_CP,
+            f"{cast / cp:.2f}x",
+            CONVERT_FP16,
+        )
+    small, large = labels
+    for name, limit in ((CONVERT, TARGET_RSS_MB), (CONVERT_FP16, TARGET_CAST_RSS_MB)):
+        rs, rl = find(results, name, small), find(results, name, large)
+        add(
+            f"{name} peak RSS < {limit:.0f} MB on {small}",
+            rs.peak_mb < limit,
+            f"{rs.peak_mb:.0f} MB",
+        )
+        flat = rs.peak_mb * TARGET_FLAT_RATIO + TARGET_FLAT_SLACK_MB
+        add(
+            f"{name} RSS flat: {large} <= {TARGET_FLAT_RATIO}x {small} "
+            f"+ {TARGET_FLAT_SLACK_MB:.0f} MB",
+            rl.peak_mb <= flat,
+            f"{rl.peak_mb:.0f} MB vs limit {flat:.0f} MB",
+        )
+    return checks
+
+
+def profile(argv: list[str], dst: Path) -> str:
+    """Run one ckpt command under cProfile (main thread only) and return its top costs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        prof = Path(tmp) / "ckpt.prof"
+        reset_output(dst)()
+        run = subprocess.run(
+            [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "ckpt_tool", *argv[1:]],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if run.returncode != 0:
+            return f"profiled run exited {run.returncode}: {run.stderr[-500:]}"
+        out = subprocess.run(
+            [sys.executable, "-c", PROFILE_CODE, str(prof), str(PROFILE_TOP)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    dst.unlink(missing_ok=True)
+    lines = out.splitlines()
+    start = next((i for i, ln in enumerate(lines) if "function calls" in ln), 0)
+    return "\n".join(ln for ln in lines[start:] if ln.strip())
+
+
+def write_json(
+    path: Path,
+    args: argparse.Namespace,
+    ckpts: list[Checkpoint],
+    results: list[Result],
+    checks: list[dict[str, object]],
+    profiles: dict[str, str],
+) -> None:
+    """Write config, per-run raw numbers, summaries, checks and profiles as JSON."""
+    payload = {
+        "config": {
+            "size_gb": args.size_gb,
+            "runs": args.runs,
+            "seed": args.seed,
+            "quick": args.quick,
+            "python": sys.executable,
+            "cpu_count": os.cpu_count(),
+        },
+        "checkpoints": [
+            {
+                "label": c.label,
+                "path": str(c.path),
+                "size_bytes": c.size_bytes,
+                "num_tensors": c.num_tensors,
+            }
+            for c in ckpts
+        ],
+        "results": [
+            asdict(r) | {"median_s": r.median_s, "peak_rss_mb": r.peak_mb} for r in results
+        ],
+        "checks": checks,
+        "profiles": profiles,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def make_checkpoints(size_gb: float, workdir: Path) -> list[Checkpoint]:
+    """The SIZE and 2x SIZE checkpoint descriptions (not yet built)."""
+    ckpts = []
+    for factor in (1, 2):
+        gb = size_gb * factor
+        path = workdir / f"model_{gb:g}gb.pth"
+        ckpts.append(Checkpoint(f"{gb:g} GB", path, num_large_for(size_gb) * factor))
+    return ckpts
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
+    """Build the two checkpoints, verify, measure, report, profile misses."""
+    ckpt_exe = ckpt_executable(TOOL)
+    ckpts = make_checkpoints(args.size_gb, workdir)
+    # Inputs, plus one output and the writer's temp file for the larger one.
+    check_free_space(TOOL, workdir, 2 * sum(c.num_large for c in ckpts) * LARGE_NUMEL * 4)
+    for c in ckpts:
+        build_checkpoint(c, args.seed)
+        verify_output(ckpt_exe, c)
+    results = []
+    for c in ckpts:
+        print(f"measuring {c.label} (1 warm + {args.runs} timed runs each)", flush=True)
+        dst = output_path(c)
+        for name, argv in commands(ckpt_exe, c.path, dst).items():
+            results.append(measure(TOOL, name, argv, c, args.runs, before_each=reset_output(dst)))
+        dst.unlink(missing_ok=True)
+    labels = [c.label for c in ckpts]
+    checks = check_targets(results, labels)
+    print()
+    print(markdown_table(results))
+    print()
+    print_checks(checks)
+    profiles: dict[str, str] = {}
+    missed = {str(c["command"]) for c in checks if not c["passed"] and c["command"]}
+    if missed and not args.no_profile:
+        dst = output_path(ckpts[0])
+        for name in (n for n in CKPT_COMMANDS if n in missed):
+            argv = commands(ckpt_exe, ckpts[0].path, dst)[name]
+            print(
+                f"\nprofile of `{name}` on {ckpts[0].label} (cProfile, main thread, top "
+                f"{PROFILE_TOP} by own time):"
+            )
+            profiles[name] = profile(argv, dst)
+            print(profiles[name])
+    if args.json_out is not None:
+        write_json(args.json_out, args, ckpts, results, checks, profiles)
+        print(f"\nwrote {args.json_out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns 0 even when a target fails (only setup errors exit non-zero)."""
+    args = parse_args(argv)
+    workdir = make_workdir("bench_convert_", args.workdir)
+    try:
+        run_benchmark(args, workdir)
+    finally:
+        if args.keep:
+            print(f"kept checkpoints in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
