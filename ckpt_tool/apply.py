@@ -8,17 +8,16 @@ torch is imported only when a live model is involved.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.checkpoint import Checkpoint, TensorEntry, as_record, load
-from ckpt_tool.edit import Output, rebuild, weight_items
+from ckpt_tool.edit import Output, mark_bn_eval, rebuild, weight_items
 from ckpt_tool.errors import SurgeryError
 from ckpt_tool.formats.safe_pickle import TensorRecord
-from ckpt_tool.surgery.freeze import CountRow, FreezePlan, bare, can_train, with_bn_eval
+from ckpt_tool.surgery.freeze import CountRow, FreezePlan, bare, can_train
 
 if TYPE_CHECKING:
     from torch import nn
@@ -115,20 +114,8 @@ def freeze_checkpoint(ckpt: Checkpoint, plan: FreezePlan) -> Output:
             items.append((key, value))
     out = rebuild(ckpt, items)
     if plan.bn_eval_before or plan.bn_eval_after:
-        _mark_bn_eval(out, plan.bn_eval_after)
+        mark_bn_eval(out, plan.bn_eval_after)
     return out
-
-
-def _mark_bn_eval(out: Output, paths: list[str]) -> None:
-    container = out.root[out.weights_key] if out.weights_key is not None else out.root
-    if not isinstance(container, collections.OrderedDict):
-        container = collections.OrderedDict(container)
-        if out.weights_key is not None:
-            out.root[out.weights_key] = container
-        else:
-            out.root = container
-        out.notes.append("weights written as an OrderedDict, to carry the BatchNorm eval marks")
-    container._metadata = with_bn_eval(getattr(container, "_metadata", None), paths)  # type: ignore[attr-defined]
 
 
 # --- live models --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import shutil
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,13 @@ from ckpt_tool.checkpoint import Checkpoint, TensorEntry
 from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
 from ckpt_tool.formats import writer
 from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord
-from ckpt_tool.surgery.cast import CastPlan, CastStats, cast_stream, module_errors
+from ckpt_tool.surgery.cast import (
+    CHUNK_ELEMENTS,
+    CastPlan,
+    CastStats,
+    cast_stream,
+    module_errors,
+)
 from ckpt_tool.tensors import TensorReader
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -113,20 +119,21 @@ class Casting:
 
 
 def cast_weights(ckpt: Checkpoint, plan: CastPlan, strict: bool) -> Casting:
-    """Records for the cast weights; tensors that shared one record stay shared."""
+    """Records for the cast weights; tensors that shared one view (tied weights) stay shared."""
     sources = writer.Sources(ckpt)
     reader = TensorReader(ckpt)
     records: dict[str, TensorRecord] = {}
     stats: dict[str, CastStats] = {}
-    by_record: dict[int, TensorRecord] = {}
+    by_view: dict[tuple[Any, ...], TensorRecord] = {}
     for key, entry in ckpt.tensors.items():
         target = plan.targets[key]
         rec = entry.record
         if target is None:
             records[key] = rec
             continue
-        if id(rec) in by_record:
-            records[key] = by_record[id(rec)]
+        view = writer.view_key(rec)
+        if view in by_view:
+            records[key] = by_view[view]
             continue
         storage = StorageRef(f"cast:{key}", target, rec.device, rec.numel)
         new = TensorRecord(
@@ -140,14 +147,14 @@ def cast_weights(ckpt: Checkpoint, plan: CastPlan, strict: bool) -> Casting:
         )
         stats[key] = CastStats()
         sources.add_stream(
-            storage, cast_stream(_viewer(reader, entry), target, stats[key], key, strict)
+            storage, cast_stream(_chunker(reader, entry), target, stats[key], key, strict)
         )
-        records[key] = by_record[id(rec)] = new
+        records[key] = by_view[view] = new
     return Casting(plan, records, stats, sources, reader)
 
 
-def _viewer(reader: TensorReader, entry: TensorEntry) -> Callable[[], Any]:
-    return lambda: reader.view(entry)
+def _chunker(reader: TensorReader, entry: TensorEntry) -> Callable[[], Iterator[Any]]:
+    return lambda: reader.chunks(entry, CHUNK_ELEMENTS)
 
 
 def replace_items(
@@ -175,11 +182,11 @@ def plan_shards(records: dict[str, TensorRecord], target: Path, max_bytes: int) 
     groups: list[list[str]] = [[]]
     sizes = [0]
     oversized: list[str] = []
-    placed: set[int] = set()
+    placed: set[tuple[Any, ...]] = set()
     for key, rec in records.items():
-        if id(rec) in placed:
+        if writer.view_key(rec) in placed:
             continue
-        placed.add(id(rec))
+        placed.add(writer.view_key(rec))
         if rec.nbytes > max_bytes:
             oversized.append(key)
         if groups[-1] and sizes[-1] + rec.nbytes > max_bytes:
@@ -221,16 +228,26 @@ def write_sharded(
         for p in [*paths, index_path]:
             if p.exists():
                 raise OutputRefused(f"{p}: already exists; pass --force to overwrite it")
-    by_id = {id(r): k for k, r in records.items()}
+    owner: dict[tuple[Any, ...], str] = {}  # view -> first key holding it
+    for k, r in records.items():
+        owner.setdefault(writer.view_key(r), k)
     results = []
     weight_map: dict[str, str] = {}
-    for name, path, keys in zip(plan.names, paths, plan.keys, strict=True):
-        members = set(keys)
-        shard = {k: r for k, r in records.items() if by_id[id(r)] in members}
-        for k in shard:
-            weight_map[k] = name
-        results.append(writer.write_safetensors(shard, path, sources, metadata, verify=verify))
-    total = sum(r.nbytes for k, r in records.items() if by_id[id(r)] == k)
+    try:
+        for name, path, keys in zip(plan.names, paths, plan.keys, strict=True):
+            members = set(keys)
+            shard = {k: r for k, r in records.items() if owner[writer.view_key(r)] in members}
+            for k in shard:
+                if owner[writer.view_key(shard[k])] == k:  # aliases live in ckpt.aliases only
+                    weight_map[k] = name
+            results.append(writer.write_safetensors(shard, path, sources, metadata, verify=verify))
+    except BaseException:
+        # a failure in a later shard (e.g. --strict overflow) must not leave earlier ones
+        for written in results:
+            with contextlib.suppress(OSError):
+                written.path.unlink()
+        raise
+    total = sum(r.nbytes for k, r in records.items() if owner[writer.view_key(r)] == k)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     data = (json.dumps(index, indent=2) + "\n").encode()
     try:

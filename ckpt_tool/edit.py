@@ -62,6 +62,7 @@ class Output:
     weights_key: str | None
     notes: list[str] = field(default_factory=list)
     whole_container: bool = True  # False when only the weights are kept (extract)
+    bn_eval: list[str] = field(default_factory=list)  # BatchNorm paths kept in eval mode
 
 
 def rebuild(
@@ -104,7 +105,27 @@ def rebuild(
                 f"kept only the weights under {ckpt.weights_key!r}; dropped "
                 f"{', '.join(map(str, dropped))}"
             )
-    return Output(root, weights, key, notes, whole_container=not weights_only)
+    out = Output(root, weights, key, notes, whole_container=not weights_only)
+    if ckpt.bn_eval:  # follows the keys through renames, and into .pth from safetensors
+        rename = metadata_fn or (lambda p: p)
+        mark_bn_eval(out, [rename(p) for p in ckpt.bn_eval])
+    return out
+
+
+def mark_bn_eval(out: Output, paths: list[str]) -> None:
+    """Record BatchNorm eval marks in the weights' `_metadata` (load_state_dict ignores them)."""
+    from ckpt_tool.surgery.freeze import with_bn_eval
+
+    container = out.root[out.weights_key] if out.weights_key is not None else out.root
+    if not isinstance(container, collections.OrderedDict):
+        container = collections.OrderedDict(container)
+        if out.weights_key is not None:
+            out.root[out.weights_key] = container
+        else:
+            out.root = container
+        out.notes.append("weights written as an OrderedDict, to carry the BatchNorm eval marks")
+    container._metadata = with_bn_eval(getattr(container, "_metadata", None), paths)  # type: ignore[attr-defined]
+    out.bn_eval = list(paths)
 
 
 def apply_plan(ckpt: Checkpoint, plan: RenamePlan, add_root: bool = False) -> Output:
@@ -115,7 +136,9 @@ def apply_plan(ckpt: Checkpoint, plan: RenamePlan, add_root: bool = False) -> Ou
     return rebuild(ckpt, renamed, plan.meta_fn, add_root)
 
 
-def safetensors_metadata(ckpt: Checkpoint, weights: dict[str, TensorRecord]) -> dict[str, str]:
+def safetensors_metadata(
+    ckpt: Checkpoint, weights: dict[str, TensorRecord], bn_eval: list[str] | None = None
+) -> dict[str, str]:
     """__metadata__ for safetensors output: input metadata, provenance and the freeze state."""
     meta = {
         k: v
@@ -129,8 +152,9 @@ def safetensors_metadata(ckpt: Checkpoint, weights: dict[str, TensorRecord]) -> 
     if any(r.is_parameter for r in weights.values()):
         frozen = [k for k, r in weights.items() if r.is_parameter and not r.requires_grad]
         meta[FROZEN_META_KEY] = json.dumps(frozen)
-    if ckpt.bn_eval:
-        meta[BN_EVAL_META_KEY] = json.dumps(ckpt.bn_eval)
+    bn = ckpt.bn_eval if bn_eval is None else bn_eval
+    if bn:
+        meta[BN_EVAL_META_KEY] = json.dumps(bn)
     return meta
 
 
@@ -154,8 +178,18 @@ def save(
             )
         records = writer.storage_backed(out.weights, sources)
         result = writer.write_safetensors(
-            records, target, sources, safetensors_metadata(ckpt, out.weights), verify=verify
+            records,
+            target,
+            sources,
+            safetensors_metadata(ckpt, out.weights, out.bn_eval),
+            verify=verify,
         )
+        others = [str(k) for k, v in weight_items(ckpt) if as_record(v) is None]
+        if others:
+            result.notes.append(
+                f"safetensors holds only tensors: non-tensor entries not written: "
+                f"{', '.join(others[:5])}" + (" ..." if len(others) > 5 else "")
+            )
     else:
         backed = writer.storage_backed(out.weights, sources)
         root = _replace_records(out.root, out.weights, backed)

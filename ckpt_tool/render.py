@@ -431,6 +431,13 @@ def count_report(r: dict[str, Any]) -> None:
         grid.add_row("file", f"{safe(r['file'])}  ({r['format']}, {r['layout']})")
     if r["arch"] is not None:
         grid.add_row("arch", safe(r["arch"]))
+    if r.get("dangerous"):
+        grid.add_row(
+            "unsafe",
+            f"[bold red]DANGEROUS callables refused: "
+            f"{safe(', '.join(r['dangerous']))}[/] (nothing was run; "
+            "see `ckpt scan`)",
+        )
     total = r["params"]
     grid.add_row("parameters", f"{total:,}  ({human_count(total)}, {r['param_tensors']} tensors)")
     grid.add_row("trainable", f"[green]{r['trainable']:,}[/]  ({r['trainable_share'] * 100:.1f}%)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,15 @@ if TYPE_CHECKING:
     import torch
 
     from .checkpoint import Checkpoint, TensorEntry
+
+
+def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride: list[int] = []
+    acc = 1
+    for d in reversed(shape):
+        stride.insert(0, acc)
+        acc *= d
+    return tuple(stride)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -91,6 +101,45 @@ class TensorReader:
         return flat.as_strided(
             rec.shape, rec.stride, rec.offset * DTYPE_SIZES[storage.dtype] // DTYPE_SIZES[rec.dtype]
         )
+
+    def chunks(self, entry: TensorEntry, elements: int) -> Iterator[torch.Tensor]:
+        """The tensor's values in C order, `elements` at a time. A contiguous tensor in a file
+        is read with pread piece by piece, so memory stays at one chunk whatever its size."""
+        import torch
+
+        rec = entry.record
+        storage = rec.storage
+        contiguous = rec.stride == _contiguous_stride(rec.shape) or rec.numel <= 1
+        if (
+            storage is None
+            or rec.inline is not None
+            or rec.rebuild == "dcp"
+            or not contiguous
+            or not rec.numel
+        ):
+            flat = self.view(entry).reshape(-1)
+            for start in range(0, flat.numel(), elements):
+                yield flat[start : start + elements]
+            return
+        loc = self.ckpt.locate(storage)
+        size = DTYPE_SIZES[rec.dtype]
+        start = loc.offset + rec.offset * DTYPE_SIZES[storage.dtype]
+        if rec.offset * DTYPE_SIZES[storage.dtype] + rec.nbytes > loc.available:
+            raise UnreadableCheckpoint(
+                f"{self.ckpt.path}: storage {storage.key} is shorter than the tensor it holds"
+            )
+        dtype = torch_dtype(rec.dtype)
+        fd = os.open(loc.path, os.O_RDONLY)
+        try:
+            for first in range(0, rec.numel, elements):
+                n = min(elements, rec.numel - first) * size
+                buf = bytearray(n)
+                got = os.preadv(fd, [buf], start + first * size)
+                if got != n:
+                    raise UnreadableCheckpoint(f"{self.ckpt.path}: file ended inside a tensor")
+                yield torch.frombuffer(buf, dtype=dtype)
+        finally:
+            os.close(fd)
 
     def _read_dcp(self, key: str) -> torch.Tensor:
         if self._dcp is None:

@@ -216,14 +216,7 @@ def test_full_disk_tmpfs(tmp_path: Path, big_input: Path, command: str) -> None:
     [
         "extract",
         "convert",
-        pytest.param(
-            "cast",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="writer.atomic_file: f.close() re-raises the failed flush of buffered "
-                "bytes, so the temp file is not unlinked (leaks an 8 MB .ckpt-tmp- file)",
-            ),
-        ),
+        "cast",
     ],
 )
 def test_file_size_limit_keeps_old_output(tmp_path: Path, big_input: Path, command: str) -> None:

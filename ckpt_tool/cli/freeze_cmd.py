@@ -195,6 +195,8 @@ def count(
     else:
         assert ckpt is not None
         report = count_checkpoint(ckpt, depth)
+    # counting reads only records (nothing runs), but a hostile file must not look clean
+    report["dangerous"] = [g.name for g in ckpt.dangerous] if ckpt is not None else []
     if json_out:
         render.print_json(report)
     else:

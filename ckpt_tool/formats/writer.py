@@ -162,7 +162,9 @@ def atomic_file(target: Path) -> Iterator[tuple[BinaryIO, Path]]:
     try:
         yield f, tmp
     except BaseException:
-        f.close()
+        # closing re-raises a failed flush (disk full): the temp file must go regardless
+        with contextlib.suppress(OSError):
+            f.close()
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
@@ -274,7 +276,7 @@ def storage_backed(records: dict[str, TensorRecord], sources: Sources) -> dict[s
             from ckpt_tool.tensors import TensorReader
 
             reader = reader or TensorReader(sources.require_ckpt())
-            data = _materialise(reader, rec)
+            data = _materialise(reader, rec, key)
         storage = StorageRef(f"mem:{key}", rec.dtype, "cpu", rec.numel)
         sources.extra[id(storage)] = data
         stride = _contiguous_stride(rec.shape)
@@ -282,6 +284,13 @@ def storage_backed(records: dict[str, TensorRecord], sources: Sources) -> dict[s
             storage, 0, rec.shape, stride, rec.dtype, rec.requires_grad, rec.is_parameter
         )
     return out
+
+
+def view_key(rec: TensorRecord) -> tuple[Any, ...]:
+    """Records with equal keys are the same tensor (tied weights), even as separate objects."""
+    if rec.storage is None:
+        return (id(rec),)
+    return (id(rec.storage), rec.offset, rec.shape, rec.stride, rec.dtype)
 
 
 def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -599,7 +608,7 @@ def write_safetensors(
             raise WriteFailed(
                 f"{target}: tensor {key!r} has dtype {rec.dtype}, which safetensors cannot store"
             )
-        view = (id(rec.storage), rec.offset, rec.shape, rec.stride, rec.dtype)
+        view = view_key(rec)
         if rec.storage is not None and view in seen:
             aliases[key] = seen[view]
             continue
@@ -712,7 +721,7 @@ def _write_st_data(
                 from ckpt_tool.tensors import TensorReader
 
                 reader = reader or TensorReader(sources.require_ckpt())
-                chunk = _materialise(reader, rec)
+                chunk = _materialise(reader, rec, key)
             f.write(chunk)
             out.append((key, pos - data_start, len(chunk), zlib.crc32(chunk)))
         for slot, crc in zip(crc_slots, parallel_crcs(crc_jobs), strict=True):
@@ -740,11 +749,13 @@ def _write_stream(f: BinaryIO, src: Source, what: str) -> int:
     return crc
 
 
-def _materialise(reader: Any, rec: TensorRecord) -> bytes:
+def _materialise(reader: Any, rec: TensorRecord, key: str) -> bytes:
+    """The tensor's bytes in C order (DCP items are found by key)."""
+    import torch
+
     from ckpt_tool.checkpoint import TensorEntry
 
-    t = reader.read(TensorEntry("", rec, "tensor")).contiguous()
-    import torch
+    t = reader.read(TensorEntry(key, rec, "tensor")).contiguous()
 
     return bytes(t.reshape(-1).view(torch.uint8).numpy().tobytes()) if t.numel() else b""
 
@@ -774,4 +785,7 @@ def verify_safetensors(
             raise WriteFailed(f"{target}: verification failed: tensor {key!r} differs")
     for key, _, _, want in expected:
         if want != checker.result(key):
-            raise WriteFailed(f"{target}: verification failed: bytes of {key!r} differ")
+            raise WriteFailed(
+                f"{target}: verification failed: bytes of {key!r} differ from what was read "
+                "(if the input's stored checksum is wrong, the input is corrupt: ckpt scan it)"
+            )
