@@ -667,3 +667,150 @@ def scan_verdict(r: dict[str, Any]) -> None:
         )
     elif s["error"]:
         error(f"{s['error']} of {s['files']} scanned file(s) are unreadable or damaged")
+
+
+# --- diff / average -------------------------------------------------------------------------
+
+
+def _rel_text(v: Any) -> str:
+    return v if isinstance(v, str) else f"{v:.3g}"
+
+
+def diff_report(r: dict[str, Any]) -> None:
+    """Key differences, per-module relative change bars, changed tensors, then the verdict."""
+    a, b = r["a"], r["b"]
+    out.print(f"A: [bold]{safe(a['path'])}[/] ({a['format']}, {a['tensors']} tensors)")
+    out.print(f"B: [bold]{safe(b['path'])}[/] ({b['format']}, {b['tensors']} tensors)")
+    for note in r["notes"]:
+        out.print(f"[yellow]note:[/] {safe(note)}")
+    for label, keys in (("only in A", r["only_a"]), ("only in B", r["only_b"])):
+        if keys:
+            shown = ", ".join(safe(k) for k in keys[:8])
+            more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
+            out.print(f"[red]{label}[/] ({len(keys)}): {shown}{more}")
+    for row in r["shape_changed"][:12]:
+        out.print(f"[red]shape changed[/] {safe(row['key'])}: {tuple(row['a'])} → {tuple(row['b'])}")
+    for row in r["dtype_changed"][:12]:
+        out.print(f"[red]dtype changed[/] {safe(row['key'])}: {row['a']} → {row['b']}")
+    mods = r["modules"]
+    if mods:
+        out.print("[bold]relative change ||a-b|| / ||a|| by module[/]")
+        finite = [m["rel_change"] for m in mods if not isinstance(m["rel_change"], str)]
+        top = max(finite, default=0.0) or 1.0
+        table = Table(box=None, pad_edge=False)
+        table.add_column("module")
+        table.add_column("changed", justify="right")
+        table.add_column("rel change", justify="right")
+        table.add_column("")
+        for m in mods:
+            rel = m["rel_change"]
+            share = 1.0 if isinstance(rel, str) else rel / top
+            style = "green" if m["changed"] == 0 else "yellow"
+            table.add_row(
+                safe(m["module"]),
+                f"{m['changed']}/{m['tensors']}",
+                "identical" if m["changed"] == 0 else _rel_text(rel),
+                Text(bar(share), style=style),
+            )
+        out.print(table)
+    changed = [t for t in r["tensors"] if not t["within_tolerance"]]
+    if changed:
+        table = Table(box=None, pad_edge=False, title="changed tensors", title_justify="left")
+        table.add_column("key")
+        table.add_column("max |a-b|", justify="right")
+        table.add_column("rel change", justify="right")
+        for t in changed[:20]:
+            table.add_row(safe(t["key"]), _rel_text(t["max_abs_diff"]), _rel_text(t["rel_change"]))
+        if len(changed) > 20:
+            table.add_row(f"({len(changed) - 20} more)", "", "")
+        out.print(table)
+    s = r["summary"]
+    tol = f" (atol {r['atol']:g}, rtol {r['rtol']:g})" if r["atol"] or r["rtol"] else ""
+    if r["identical"]:
+        out.print(
+            f"[green]identical{tol}[/]: {s['common']} common tensors, "
+            f"{s['bit_identical']} bit-identical"
+        )
+    else:
+        out.print(
+            f"[red]different{tol}[/]: {s['changed']} of {s['common']} common tensors changed, "
+            f"{s['only_a']} only in A, {s['only_b']} only in B, "
+            f"{s['shape_changed']} shape and {s['dtype_changed']} dtype changes"
+        )
+
+
+# --- smoke-train ----------------------------------------------------------------------------------
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """A one-line curve; non-finite values shown as ×."""
+    if not values:
+        return ""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    span = hi - lo
+    chars = []
+    for v in values:
+        if v != v or abs(v) == float("inf"):
+            chars.append("×")
+        else:
+            level = 0 if span == 0 else round((v - lo) / span * (len(_SPARKS) - 1))
+            chars.append(_SPARKS[level])
+    return "".join(chars)
+
+
+def sampled_steps(n: int, rows: int = 20) -> list[int]:
+    """Step indexes to show: all of them, or `rows` spread evenly with first and last."""
+    if n <= rows:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (rows - 1)) for i in range(rows)})
+
+
+_CHECK_STATUS = {True: "[green]ok[/]", False: "[bold red]FAIL[/]", None: "[dim]skipped[/]"}
+
+
+def smoke_train_report(r: dict[str, Any]) -> None:
+    """`ckpt smoke-train`: setup line, per-step losses, the curve, and each check."""
+    cfg = r["config"]
+    out.print(
+        f"[bold]{safe(r['input'])}[/] → {safe(r['arch']['label'])}  "
+        f"batch {safe(r.get('batch') or cfg['batch_size'])}  {cfg['steps']} steps  "
+        f"{cfg['optimizer']} lr {r.get('lr', '')}"
+        + (f"  amp {cfg['amp']}" if cfg["amp"] else "")
+        + (f"  nproc {cfg['nproc']}" if cfg["nproc"] > 1 else "")
+    )
+    fz = r["freeze"]
+    if fz["recorded"]:
+        out.print(
+            f"freeze state applied: {fz['frozen']} frozen parameter(s), "
+            f"{len(fz['bn_eval'])} BatchNorm layer(s) kept in eval"
+        )
+    for note in r.get("notes", []):
+        out.print(f"[dim]note: {safe(note)}[/]")
+    losses = r.get("losses") or []
+    if losses:
+        table = Table(box=None, pad_edge=False, padding=(0, 2))
+        table.add_column("step", justify="right")
+        table.add_column("loss", justify="right")
+        lrs = r.get("lrs") or []
+        if lrs:
+            table.add_column("lr", justify="right")
+        for i in sampled_steps(len(losses)):
+            row = [str(i + 1), f"{losses[i]:.4f}"]
+            if lrs:
+                row.append(f"{lrs[i]:.3g}")
+            table.add_row(*row)
+        out.print(table)
+        out.print(f"loss  {sparkline(losses)}  {losses[0]:.4f} → {losses[-1]:.4f}")
+    checks = Table(box=None, pad_edge=False, show_header=False, padding=(0, 1))
+    for col in ("status", "check", "detail"):
+        checks.add_column(col, overflow="fold")
+    for c in r["checks"]:
+        checks.add_row(_CHECK_STATUS[c["ok"]], c["name"], safe(c["detail"]))
+    out.print(checks)
+    if r["ok"]:
+        out.print("[bold green]smoke-train passed[/]")

@@ -9,11 +9,13 @@ import typer
 from ckpt_tool import __version__
 
 from .archs_cmd import archs
+from .compare_cmd import average, diff
 from .convert_cmd import cast, convert
 from .freeze_cmd import count, freeze
 from .inspect_cmd import inspect
 from .scan_cmd import scan
 from .surgery_cmd import add_module, extract, rename, strip_module
+from .train_cmd import smoke_train_cmd
 from .transplant_cmd import transplant
 
 app = typer.Typer(
@@ -47,6 +49,7 @@ def _root(
 app.command(rich_help_panel="Inspect")(inspect)
 app.command(rich_help_panel="Inspect")(count)
 app.command(rich_help_panel="Inspect")(archs)
+app.command(rich_help_panel="Inspect")(diff)
 app.command("strip-module", rich_help_panel="Edit")(strip_module)
 app.command("add-module", rich_help_panel="Edit")(add_module)
 app.command(rich_help_panel="Edit")(rename)
@@ -55,7 +58,9 @@ app.command(rich_help_panel="Edit")(transplant)
 app.command(rich_help_panel="Edit")(freeze)
 app.command(rich_help_panel="Edit")(cast)
 app.command(rich_help_panel="Edit")(convert)
+app.command(rich_help_panel="Edit")(average)
 app.command(rich_help_panel="Check")(scan)
+app.command("smoke-train", rich_help_panel="Check")(smoke_train_cmd)
 
 
 def main() -> None:

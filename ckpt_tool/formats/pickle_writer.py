@@ -33,6 +33,8 @@ class PickleWriter:
     def __init__(self) -> None:
         self.out = bytearray()
         self.memo: dict[int, int] = {}
+        self.global_memo: dict[tuple[str, str], int] = {}
+        self.next_index = 0
         self.keep: list[Any] = []  # keep memoised objects alive so ids stay unique
         self.storage_keys: dict[int, str] = {}
         self.storages: list[tuple[str, StorageRef]] = []
@@ -42,21 +44,34 @@ class PickleWriter:
         self.out += code + payload
 
     def _put(self, obj: Any) -> None:
-        idx = len(self.memo)
-        self.memo[id(obj)] = idx
+        self.memo[id(obj)] = self._put_index()
         self.keep.append(obj)
+
+    def _put_index(self) -> int:
+        idx = self.next_index
+        self.next_index += 1
         self._op(b"q", bytes([idx])) if idx < 256 else self._op(b"r", struct.pack("<I", idx))
+        return idx
 
     def _get(self, obj: Any) -> bool:
         idx = self.memo.get(id(obj))
         if idx is None:
             return False
-        self._op(b"h", bytes([idx])) if idx < 256 else self._op(b"j", struct.pack("<I", idx))
+        self._binget(idx)
         return True
 
+    def _binget(self, idx: int) -> None:
+        self._op(b"h", bytes([idx])) if idx < 256 else self._op(b"j", struct.pack("<I", idx))
+
     def _global(self, module: str, name: str) -> None:
+        # each global written once, then fetched from the memo (as torch.save's pickler does)
         module = _PY2_NAMES.get(module, module)
+        idx = self.global_memo.get((module, name))
+        if idx is not None:
+            self._binget(idx)
+            return
         self._op(b"c", f"{module}\n{name}\n".encode())
+        self.global_memo[(module, name)] = self._put_index()
 
     def _int(self, v: int) -> None:
         if 0 <= v < 256:
