@@ -22,10 +22,12 @@ from ckpt_tool.formats import writer
 from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord
 from ckpt_tool.surgery.cast import (
     CHUNK_ELEMENTS,
+    NUMPY_CASTS,
     CastPlan,
     CastStats,
     cast_stream,
     module_errors,
+    numpy_cast_stream,
 )
 from ckpt_tool.tensors import TensorReader
 
@@ -146,11 +148,19 @@ def cast_weights(ckpt: Checkpoint, plan: CastPlan, strict: bool) -> Casting:
             rec.is_parameter,
         )
         stats[key] = CastStats()
-        sources.add_stream(
-            storage, cast_stream(_chunker(reader, entry), target, stats[key], key, strict)
-        )
+        if (rec.dtype, target) in NUMPY_CASTS and reader.file_backed(entry):
+            produce = numpy_cast_stream(
+                _raw_chunker(reader, entry), rec.dtype, target, stats[key], key, strict
+            )
+        else:
+            produce = cast_stream(_chunker(reader, entry), target, stats[key], key, strict)
+        sources.add_stream(storage, produce)
         records[key] = by_view[view] = new
     return Casting(plan, records, stats, sources, reader)
+
+
+def _raw_chunker(reader: TensorReader, entry: TensorEntry) -> Callable[[], Iterator[bytearray]]:
+    return lambda: reader.raw_chunks(entry, CHUNK_ELEMENTS)
 
 
 def _chunker(reader: TensorReader, entry: TensorEntry) -> Callable[[], Iterator[Any]]:

@@ -102,25 +102,24 @@ class TensorReader:
             rec.shape, rec.stride, rec.offset * DTYPE_SIZES[storage.dtype] // DTYPE_SIZES[rec.dtype]
         )
 
-    def chunks(self, entry: TensorEntry, elements: int) -> Iterator[torch.Tensor]:
-        """The tensor's values in C order, `elements` at a time. A contiguous tensor in a file
-        is read with pread piece by piece, so memory stays at one chunk whatever its size."""
-        import torch
+    def file_backed(self, entry: TensorEntry) -> bool:
+        """True when the tensor is one contiguous run of bytes in a file (pread-able)."""
+        rec = entry.record
+        contiguous = rec.stride == _contiguous_stride(rec.shape) or rec.numel <= 1
+        return (
+            rec.storage is not None
+            and rec.inline is None
+            and rec.rebuild != "dcp"
+            and contiguous
+            and rec.numel > 0
+        )
 
+    def raw_chunks(self, entry: TensorEntry, elements: int) -> Iterator[bytearray]:
+        """The bytes of a file-backed tensor, `elements` at a time, read with pread: memory
+        stays at one chunk whatever the tensor's size, and torch is not needed."""
         rec = entry.record
         storage = rec.storage
-        contiguous = rec.stride == _contiguous_stride(rec.shape) or rec.numel <= 1
-        if (
-            storage is None
-            or rec.inline is not None
-            or rec.rebuild == "dcp"
-            or not contiguous
-            or not rec.numel
-        ):
-            flat = self.view(entry).reshape(-1)
-            for start in range(0, flat.numel(), elements):
-                yield flat[start : start + elements]
-            return
+        assert storage is not None and self.file_backed(entry)
         loc = self.ckpt.locate(storage)
         size = DTYPE_SIZES[rec.dtype]
         start = loc.offset + rec.offset * DTYPE_SIZES[storage.dtype]
@@ -128,7 +127,6 @@ class TensorReader:
             raise UnreadableCheckpoint(
                 f"{self.ckpt.path}: storage {storage.key} is shorter than the tensor it holds"
             )
-        dtype = torch_dtype(rec.dtype)
         fd = os.open(loc.path, os.O_RDONLY)
         try:
             for first in range(0, rec.numel, elements):
@@ -137,9 +135,22 @@ class TensorReader:
                 got = os.preadv(fd, [buf], start + first * size)
                 if got != n:
                     raise UnreadableCheckpoint(f"{self.ckpt.path}: file ended inside a tensor")
-                yield torch.frombuffer(buf, dtype=dtype)
+                yield buf
         finally:
             os.close(fd)
+
+    def chunks(self, entry: TensorEntry, elements: int) -> Iterator[torch.Tensor]:
+        """The tensor's values in C order, `elements` at a time, as flat torch tensors."""
+        import torch
+
+        if not self.file_backed(entry):
+            flat = self.view(entry).reshape(-1)
+            for start in range(0, flat.numel(), elements):
+                yield flat[start : start + elements]
+            return
+        dtype = torch_dtype(entry.record.dtype)
+        for buf in self.raw_chunks(entry, elements):
+            yield torch.frombuffer(buf, dtype=dtype)
 
     def _read_dcp(self, key: str) -> torch.Tensor:
         if self._dcp is None:
