@@ -122,9 +122,7 @@ def compare_pair(
 ) -> PairStats:
     """Stream two tensors of equal shape chunk by chunk and compare them."""
     s = PairStats()
-    for x, y in zip(
-        ra.chunks(ea, CHUNK_ELEMENTS), rb.chunks(eb, CHUNK_ELEMENTS), strict=True
-    ):
+    for x, y in zip(ra.chunks(ea, CHUNK_ELEMENTS), rb.chunks(eb, CHUNK_ELEMENTS), strict=True):
         _accumulate(s, x, y, atol, rtol)
     if ea.dtype != eb.dtype:
         s.bit_identical = False
@@ -236,9 +234,7 @@ def diff(
             if eb is None:
                 continue
             if ea.shape != eb.shape:
-                r.shape_changed.append(
-                    {"key": key, "a": list(ea.shape), "b": list(eb.shape)}
-                )
+                r.shape_changed.append({"key": key, "a": list(ea.shape), "b": list(eb.shape)})
                 continue
             if ea.dtype != eb.dtype:
                 r.dtype_changed.append({"key": key, "a": ea.dtype, "b": eb.dtype})
@@ -266,7 +262,12 @@ def diff(
     for module, (sq_d, sq_a, n, changed) in sums.items():
         rel = 0.0 if sq_d == 0 else (math.inf if sq_a == 0 else math.sqrt(sq_d / sq_a))
         r.modules.append(
-            {"module": module, "tensors": int(n), "changed": int(changed), "rel_change": _finite(rel)}
+            {
+                "module": module,
+                "tensors": int(n),
+                "changed": int(changed),
+                "rel_change": _finite(rel),
+            }
         )
     return r
 
@@ -309,7 +310,8 @@ def check_compatible(ckpts: list[Checkpoint]) -> None:
             problems.append(f"dtype differs in {other.path.name}: {_few(dtypes)}")
     if problems:
         raise SurgeryError(
-            f"checkpoints do not match {first.path.name}: " + "; ".join(problems)
+            f"checkpoints do not match {first.path.name}: "
+            + "; ".join(problems)
             + " (average only checkpoints of one architecture)"
         )
 

@@ -689,7 +689,9 @@ def diff_report(r: dict[str, Any]) -> None:
             more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
             out.print(f"[red]{label}[/] ({len(keys)}): {shown}{more}")
     for row in r["shape_changed"][:12]:
-        out.print(f"[red]shape changed[/] {safe(row['key'])}: {tuple(row['a'])} → {tuple(row['b'])}")
+        out.print(
+            f"[red]shape changed[/] {safe(row['key'])}: {tuple(row['a'])} → {tuple(row['b'])}"
+        )
     for row in r["dtype_changed"][:12]:
         out.print(f"[red]dtype changed[/] {safe(row['key'])}: {row['a']} → {row['b']}")
     mods = r["modules"]
@@ -779,7 +781,8 @@ def smoke_train_report(r: dict[str, Any]) -> None:
     out.print(
         f"[bold]{safe(r['input'])}[/] → {safe(r['arch']['label'])}  "
         f"batch {safe(r.get('batch') or cfg['batch_size'])}  {cfg['steps']} steps  "
-        f"{cfg['optimizer']} lr {r.get('lr', '')}"
+        f"{cfg['optimizer']}"
+        + (f" lr {r['lr']:g}" if "lr" in r else "")
         + (f"  amp {cfg['amp']}" if cfg["amp"] else "")
         + (f"  nproc {cfg['nproc']}" if cfg["nproc"] > 1 else "")
     )

@@ -331,6 +331,8 @@ COMMANDS: dict[str, tuple[list[str], str]] = {
     "cast": (["{p}", "--dtype", "fp16", "-o", "{o}"], "refuse"),
     "convert": (["{p}", "-o", "{o}"], "refuse"),
     "smoke-train": (["{p}", "--arch", "mlp"], "refuse"),
+    "diff": (["{p}", "{p}"], "refuse"),
+    "average": (["{p}", "{p}", "-o", "{o}"], "refuse"),
 }
 NO_INPUT = {"archs"}
 

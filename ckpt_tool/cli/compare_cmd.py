@@ -32,7 +32,8 @@ from ckpt_tool.errors import EXIT_CHECK_FAILED
 def diff(
     a: InputArg,
     b: Annotated[
-        Path, typer.Argument(help="The checkpoint to compare with (any format).", show_default=False)
+        Path,
+        typer.Argument(help="The checkpoint to compare with (any format).", show_default=False),
     ],
     atol: Annotated[
         float, typer.Option("--atol", help="Absolute tolerance per element (default 0).")
@@ -112,7 +113,8 @@ def average(
     if plan.from_last:
         notes.append(
             f"{len(plan.from_last)} non-floating tensor(s) not averaged, taken from the last "
-            f"file ({ckpts[-1].path.name}): " + ", ".join(plan.from_last[:4])
+            f"file ({ckpts[-1].path.name}): "
+            + ", ".join(plan.from_last[:4])
             + (" ..." if len(plan.from_last) > 4 else "")
         )
     if any(c.layout == "training" for c in ckpts):
