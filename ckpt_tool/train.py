@@ -170,21 +170,23 @@ def _few(items: list[Any], n: int = 3) -> str:
 
 def prepare(cfg: SmokeConfig, ckpt: Checkpoint | None = None) -> Prepared:
     """Build the architecture (seeded), load the checkpoint strictly, apply its freeze state."""
-    import torch
 
     from ckpt_tool.tensors import TensorReader
 
     ckpt = ckpt or open_checkpoint(cfg)
     built = construct(cfg.arch, cfg.arch_args, cfg.num_classes, cfg.in_chans, cfg.seed)
     model = built.model
-    prefix = detect_prefix(ckpt.tensors).prefix
+    found = detect_prefix(ckpt.tensors)
+    prefix = found.prefix
+    if found.lightning and not any(k in model.state_dict() for k in ckpt.tensors):
+        prefix = "model."  # a Lightning module's `self.model`
     entries = {k[len(prefix) :]: e for k, e in ckpt.tensors.items()}
     own = model.state_dict()
     diff = strict_diff({k: tuple(v.shape) for k, v in own.items()},
                        {k: tuple(e.shape) for k, e in entries.items()})  # fmt: skip
     notes = list(built.notes)
     if prefix:
-        notes.append(f"wrapper prefix {prefix!r} removed from every key")
+        notes.append(f"prefix {prefix!r} removed from every key")
     if any(diff.values()):
         parts = [f"{name.replace('_', ' ')}: {_few(v)}" for name, v in diff.items() if v]
         check = Check("loads_strictly", False, "; ".join(parts))
@@ -237,9 +239,7 @@ def synthetic_batch(
     return torch.randn((batch, *shape), generator=gen), gen
 
 
-def make_targets(
-    task: str, batch: int, outputs: int, gen: torch.Generator
-) -> torch.Tensor:
+def make_targets(task: str, batch: int, outputs: int, gen: torch.Generator) -> torch.Tensor:
     import torch
 
     if task == "classification":
@@ -265,6 +265,10 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 def check_forward(out: torch.Tensor, batch: int, outputs: int | None) -> Check:
     import torch
 
+    if not isinstance(out, torch.Tensor):
+        return Check(
+            "forward_ok", False, f"the model returned a {type(out).__name__}, not one tensor"
+        )
     shape = list(out.shape)
     if out.dim() != 2 or shape[0] != batch or (outputs is not None and shape[1] != outputs):
         want = f"[{batch}, {outputs if outputs is not None else 'outputs'}]"
@@ -302,7 +306,9 @@ def check_gradients(
     problems: dict[str, list[str]] = {
         "no_gradient": [n for n in trainable if not nonzero_grad.get(n, False)],
         "unchanged": [n for n in trainable if same_bits(before[n], after[n])],
-        "frozen_changed": [n for n in before if n not in train and not same_bits(before[n], after[n])],
+        "frozen_changed": [
+            n for n in before if n not in train and not same_bits(before[n], after[n])
+        ],
         "frozen_got_gradient": [n for n in before if n not in train and got_grad.get(n, False)],
         "bn_eval_stats_changed": [
             n for n in (bn_before or {}) if not same_bits((bn_before or {})[n], (bn_after or {})[n])
@@ -428,8 +434,8 @@ def train(
         }
 
     bn_before = bn_state()
-    got_grad = {n: False for n in before}
-    nonzero = {n: False for n in before}
+    got_grad = dict.fromkeys(before, False)
+    nonzero = dict.fromkeys(before, False)
     losses: list[float] = []
     lrs: list[float] = []
     forward: Check | None = None
@@ -440,8 +446,20 @@ def train(
     for _ in range(cfg.steps):
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            out = model(x)
+        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=bool(amp_dtype)):
+            try:
+                out = model(x)
+            except Exception as exc:
+                if forward is not None:
+                    raise
+                text = (str(exc).strip().splitlines() or [""])[0]
+                forward = Check(
+                    "forward_ok",
+                    False,
+                    f"the forward pass on {[x.shape[0], *shape]} raised "
+                    f"{type(exc).__name__}: {text} (check --input-shape)",
+                )
+                break
             if forward is None:
                 forward = check_forward(out, x.shape[0], outputs)
                 if not forward.ok:
@@ -454,9 +472,9 @@ def train(
             else:
                 loss = torch.nn.functional.mse_loss(out.float(), targets)
         if scaler is not None:
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         else:
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
         for n, p in inner.named_parameters():
             if p.grad is not None:
                 got_grad[n] = True
@@ -517,7 +535,7 @@ def free_port() -> int:
 
 
 def _worker(rank: int, cfg: SmokeConfig, port: int, result_dir: str) -> None:
-    """One DDP rank on gloo: prepare, train its shard, gather checksums; rank 0 writes the result."""
+    """One DDP rank on gloo: prepare, train its shard, gather checksums; rank 0 writes."""
     import datetime
 
     import torch
@@ -553,7 +571,9 @@ def train_distributed(cfg: SmokeConfig) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="ckpt-smoke-") as tmp:
         try:
-            mp.spawn(_worker, args=(cfg, free_port(), tmp), nprocs=cfg.nproc, join=True)
+            mp.spawn(  # type: ignore[attr-defined,no-untyped-call]
+                _worker, args=(cfg, free_port(), tmp), nprocs=cfg.nproc, join=True
+            )
         except Exception as exc:
             text = str(exc).strip().splitlines()
             last = next((ln for ln in reversed(text) if ln.strip()), type(exc).__name__)
@@ -614,5 +634,5 @@ def smoke_train(cfg: SmokeConfig) -> dict[str, Any]:
         report.update(train(cfg, prep))
     report.pop("checksums", None)
     report["ok"] = all(c["ok"] for c in report["checks"])
-    report["failed"] = [c["name"] for c in report["checks"] if not c["ok"]]
+    report["failed"] = [c["name"] for c in report["checks"] if c["ok"] is False]
     return report

@@ -54,9 +54,12 @@ def smoke_train_cmd(
     ] = None,
     task: Annotated[
         Task,
-        typer.Option("--task", help="classification: cross-entropy on random labels; "
-                     "regression: MSE on random targets."),
-    ] = Task.classification,  # fmt: skip
+        typer.Option(
+            "--task",
+            help="classification: cross-entropy on random labels; "
+            "regression: MSE on random targets.",
+        ),
+    ] = Task.classification,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Synthetic batch.")] = 8,
     steps: Annotated[int, typer.Option("--steps", min=2, help="Training steps.")] = 20,
     lr: Annotated[
