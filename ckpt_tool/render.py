@@ -817,3 +817,30 @@ def smoke_train_report(r: dict[str, Any]) -> None:
     out.print(checks)
     if r["ok"]:
         out.print("[bold green]smoke-train passed[/]")
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+def demo_step(title: str, command: str, output: str) -> None:
+    """One walk-through step: its title, the command, and what the command printed."""
+    out.print(f"\n[bold cyan]== {safe(title)}[/]")
+    out.print(f"$ {safe(command)}")
+    out.print(Text(output))
+
+
+def demo_summary(rows: list[dict[str, Any]], workdir: str) -> None:
+    out.print("\n[bold]summary[/]")
+    table = Table(box=None, pad_edge=False)
+    table.add_column("step")
+    table.add_column("command")
+    table.add_column("result")
+    for r in rows:
+        verdict = (
+            "[green]ok[/]"
+            if r["ok"]
+            else f"[red]failed[/] {safe(r['problem'] or 'exit ' + str(r['exit_code']))}"
+        )
+        table.add_row(safe(r["step"]), safe(r["command"]), verdict)
+    out.print(table)
+    out.print(f"files are in {safe(workdir)}")

@@ -334,7 +334,7 @@ COMMANDS: dict[str, tuple[list[str], str]] = {
     "diff": (["{p}", "{p}"], "refuse"),
     "average": (["{p}", "{p}", "-o", "{o}"], "refuse"),
 }
-NO_INPUT = {"archs"}
+NO_INPUT = {"archs", "demo"}  # demo builds its own model
 
 
 def _registered() -> list[str]:

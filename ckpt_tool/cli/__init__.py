@@ -11,6 +11,7 @@ from ckpt_tool import __version__
 from .archs_cmd import archs
 from .compare_cmd import average, diff
 from .convert_cmd import cast, convert
+from .demo_cmd import demo
 from .freeze_cmd import count, freeze
 from .inspect_cmd import inspect
 from .scan_cmd import scan
@@ -47,6 +48,7 @@ def _root(
 
 
 app.command(rich_help_panel="Inspect")(inspect)
+app.command(rich_help_panel="Start here")(demo)
 app.command(rich_help_panel="Inspect")(count)
 app.command(rich_help_panel="Inspect")(archs)
 app.command(rich_help_panel="Inspect")(diff)
