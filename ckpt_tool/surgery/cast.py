@@ -260,8 +260,11 @@ def _np_account(x: Any, y: Any, stats: CastStats) -> None:
         stats.overflow += int(np.count_nonzero(finite_x & ~finite_y))
         stats.underflow += int(np.count_nonzero((y == 0) & (xw != 0)))
         ok = finite_x & finite_y
-        diff = np.where(ok, y - xw, 0).astype(xw.dtype, copy=False)
-        ref = np.where(ok, xw, 0).astype(xw.dtype, copy=False)
+        if ok.all():  # the usual case: skip the masking passes
+            diff, ref = y - xw, xw
+        else:
+            diff = np.where(ok, y - xw, 0).astype(xw.dtype, copy=False)
+            ref = np.where(ok, xw, 0).astype(xw.dtype, copy=False)
         stats.err_sq += float(np.dot(diff, diff))
         stats.ref_sq += float(np.dot(ref, ref))
         if diff.size:
