@@ -23,6 +23,7 @@ from .formats.safe_pickle import (
     PickleResult,
     StorageRef,
     TensorRecord,
+    contiguous_stride,
     global_name,
     safe_loads,
 )
@@ -520,12 +521,7 @@ def _safetensors_records(
         storage_key = f"{header.path.name}:{t.name}"
         storage = StorageRef(storage_key, t.dtype, "cpu", numel)
         ckpt._locations[storage_key] = Location(header.path, t.start, t.nbytes)
-        stride: list[int] = []
-        acc = 1
-        for d in reversed(t.shape):
-            stride.insert(0, acc)
-            acc *= d
-        records[t.name] = TensorRecord(storage, 0, t.shape, tuple(stride), t.dtype)
+        records[t.name] = TensorRecord(storage, 0, t.shape, contiguous_stride(t.shape), t.dtype)
 
 
 def _apply_st_metadata(ckpt: Checkpoint) -> None:
@@ -613,12 +609,9 @@ def _load_dcp(ckpt: Checkpoint, weights: str | None) -> None:
     ckpt.layout = "state_dict"
     records = {}
     for e in index.tensors:
-        stride: list[int] = []
-        acc = 1
-        for d in reversed(e.shape):
-            stride.insert(0, acc)
-            acc *= d
-        records[e.key] = TensorRecord(None, 0, e.shape, tuple(stride), e.dtype, rebuild="dcp")
+        records[e.key] = TensorRecord(
+            None, 0, e.shape, contiguous_stride(e.shape), e.dtype, rebuild="dcp"
+        )
     ckpt.tensors = _entries(records, None)
     ckpt.extras = dict.fromkeys(index.other_items, "non-tensor item")
     ckpt.files = sorted(p for p in ckpt.path.iterdir() if p.is_file())

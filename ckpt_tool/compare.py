@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .checkpoint import Checkpoint, TensorEntry
 from .errors import SurgeryError, UsageError
 from .formats import writer
-from .formats.safe_pickle import StorageRef, TensorRecord
+from .formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
 from .surgery.prefixes import detect_prefix
 from .tensors import TensorReader
 
@@ -397,7 +397,7 @@ def average(ckpts: list[Checkpoint], coef: list[float]) -> Averaging:
             storage,
             0,
             rec.shape,
-            writer._contiguous_stride(rec.shape),
+            contiguous_stride(rec.shape),
             rec.dtype,
             rec.requires_grad,
             rec.is_parameter,

@@ -19,7 +19,7 @@ from typing import Any
 from ckpt_tool.checkpoint import Checkpoint, TensorEntry
 from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
 from ckpt_tool.formats import writer
-from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord
+from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
 from ckpt_tool.surgery.cast import (
     CHUNK_ELEMENTS,
     NUMPY_CASTS,
@@ -142,7 +142,7 @@ def cast_weights(ckpt: Checkpoint, plan: CastPlan, strict: bool) -> Casting:
             storage,
             0,
             rec.shape,
-            writer._contiguous_stride(rec.shape),
+            contiguous_stride(rec.shape),
             target,
             rec.requires_grad,
             rec.is_parameter,

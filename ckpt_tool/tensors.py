@@ -10,21 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UnreadableCheckpoint, UnsafeCheckpoint
 from .formats import dcp
-from .formats.safe_pickle import DTYPE_SIZES
+from .formats.safe_pickle import DTYPE_SIZES, contiguous_stride
 
 if TYPE_CHECKING:
     import torch
 
     from .checkpoint import Checkpoint, TensorEntry
-
-
-def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
-    stride: list[int] = []
-    acc = 1
-    for d in reversed(shape):
-        stride.insert(0, acc)
-        acc *= d
-    return tuple(stride)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -105,7 +96,7 @@ class TensorReader:
     def file_backed(self, entry: TensorEntry) -> bool:
         """True when the tensor is one contiguous run of bytes in a file (pread-able)."""
         rec = entry.record
-        contiguous = rec.stride == _contiguous_stride(rec.shape) or rec.numel <= 1
+        contiguous = rec.stride == contiguous_stride(rec.shape) or rec.numel <= 1
         return (
             rec.storage is not None
             and rec.inline is None

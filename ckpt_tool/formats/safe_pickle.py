@@ -106,6 +106,16 @@ class TorchMarker:
 # --- tensor records -------------------------------------------------------------------------
 
 
+def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides of a shape (what a contiguous tensor has)."""
+    stride: list[int] = []
+    acc = 1
+    for d in reversed(shape):
+        stride.insert(0, acc)
+        acc *= d
+    return tuple(stride)
+
+
 @dataclass(eq=False)
 class StorageRef:
     """A storage named by a persistent id: where its bytes are, not the bytes."""
@@ -736,13 +746,14 @@ class NumpyArray:
             data = b"".join(data[i : i + size][::-1] for i in range(0, len(data), size))
         if self.fortran and len(self.shape) > 1:
             data = _fortran_to_c(data, self.shape, size)
-        stride: list[int] = []
-        acc = 1
-        for d in reversed(self.shape):
-            stride.insert(0, acc)
-            acc *= d
         return TensorRecord(
-            None, 0, self.shape, tuple(stride), self.dtype, inline=data, rebuild="numpy"
+            None,
+            0,
+            self.shape,
+            contiguous_stride(self.shape),
+            self.dtype,
+            inline=data,
+            rebuild="numpy",
         )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import mmap
 import os
 import secrets
 import struct
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
 
 from . import pickle_writer
-from .safe_pickle import DTYPE_SIZES, StorageRef, TensorRecord
+from .safe_pickle import DTYPE_SIZES, StorageRef, TensorRecord, contiguous_stride
 from .safetensors_io import TORCH_TO_ST
 from .zipwriter import ZipWriter, copy_range
 
@@ -279,7 +278,7 @@ def storage_backed(records: dict[str, TensorRecord], sources: Sources) -> dict[s
             data = _materialise(reader, rec, key)
         storage = StorageRef(f"mem:{key}", rec.dtype, "cpu", rec.numel)
         sources.extra[id(storage)] = data
-        stride = _contiguous_stride(rec.shape)
+        stride = contiguous_stride(rec.shape)
         out[key] = TensorRecord(
             storage, 0, rec.shape, stride, rec.dtype, rec.requires_grad, rec.is_parameter
         )
@@ -293,39 +292,7 @@ def view_key(rec: TensorRecord) -> tuple[Any, ...]:
     return (id(rec.storage), rec.offset, rec.shape, rec.stride, rec.dtype)
 
 
-def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
-    stride: list[int] = []
-    acc = 1
-    for d in reversed(shape):
-        stride.insert(0, acc)
-        acc *= d
-    return tuple(stride)
-
-
 # --- checksums ----------------------------------------------------------------------------------
-
-
-def crc_range(path: Path, offset: int, size: int) -> int:
-    """CRC-32 of a file range, read through mmap in 64 MB pieces (zlib releases the GIL)."""
-    if size == 0:
-        return 0
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        crc = 0
-        view = memoryview(m)
-        try:
-            for start in range(offset, offset + size, 64 << 20):
-                crc = zlib.crc32(view[start : min(start + (64 << 20), offset + size)], crc)
-        finally:
-            view.release()
-        return crc
-
-
-def parallel_crcs(jobs: list[tuple[Path, int, int]]) -> list[int]:
-    """CRC-32 of many ranges on two threads (the machines we target have few cores)."""
-    if len(jobs) <= 1:
-        return [crc_range(*j) for j in jobs]
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
-        return list(pool.map(lambda j: crc_range(*j), jobs))
 
 
 def crc_pread(path: Path, offset: int, size: int) -> int:
@@ -343,6 +310,14 @@ def crc_pread(path: Path, offset: int, size: int) -> int:
     finally:
         os.close(fd)
     return crc
+
+
+def parallel_crcs(jobs: list[tuple[Path, int, int]]) -> list[int]:
+    """CRC-32 of many ranges on two threads (the machines we target have few cores)."""
+    if len(jobs) <= 1:
+        return [crc_pread(*j) for j in jobs]
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
+        return list(pool.map(lambda j: crc_pread(*j), jobs))
 
 
 class RangeChecker:
@@ -658,7 +633,7 @@ def write_safetensors(
 
 def _contiguous_range(rec: TensorRecord) -> tuple[int, int] | None:
     """(byte offset in storage, size) when the tensor is one contiguous run of its storage."""
-    if rec.storage is None or (rec.stride != _contiguous_stride(rec.shape) and rec.numel > 1):
+    if rec.storage is None or (rec.stride != contiguous_stride(rec.shape) and rec.numel > 1):
         return None
     return rec.offset * DTYPE_SIZES[rec.dtype], rec.nbytes
 

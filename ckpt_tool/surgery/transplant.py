@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import SurgeryError, UsageError
-from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord
+from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
 
 from .prefixes import LIGHTNING, detect_prefix
 from .rename import regex_plan
@@ -497,12 +497,7 @@ def _whole_storage(rec: TensorRecord) -> bool:
         return False
     if rec.numel != s.numel:
         return False
-    expected: list[int] = []
-    acc = 1
-    for d in reversed(rec.shape):
-        expected.insert(0, acc)
-        acc *= d
-    return rec.numel <= 1 or tuple(expected) == rec.stride
+    return rec.numel <= 1 or contiguous_stride(rec.shape) == rec.stride
 
 
 def _cpu(storage: StorageRef) -> StorageRef:
