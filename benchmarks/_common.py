@@ -6,6 +6,7 @@ from, so the benchmark parent must stay small; checkpoints are built in a separa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -14,8 +15,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 LARGE_NUMEL = 2_500_000  # fp32 elements per large tensor (10 MB)
 BN_CHANNELS = 512
@@ -179,3 +181,40 @@ def make_workdir(prefix: str, parent: Path | None) -> Path:
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
+def write_json(
+    path: Path,
+    args: Any,
+    ckpts: list[Checkpoint],
+    results: list[Result],
+    checks: list[dict[str, object]],
+    **extra: object,
+) -> None:
+    """Write config, checkpoints, per-run raw numbers, summaries, checks (and extra) as JSON."""
+    payload = {
+        "config": {
+            "size_gb": args.size_gb,
+            "runs": args.runs,
+            "seed": args.seed,
+            "quick": args.quick,
+            "python": sys.executable,
+            "cpu_count": os.cpu_count(),
+        },
+        "checkpoints": [
+            {
+                "label": c.label,
+                "path": str(c.path),
+                "size_bytes": c.size_bytes,
+                "num_tensors": c.num_tensors,
+                "key_prefix": c.key_prefix,
+            }
+            for c in ckpts
+        ],
+        "results": [
+            asdict(r) | {"median_s": r.median_s, "peak_rss_mb": r.peak_mb} for r in results
+        ],
+        "checks": checks,
+        **extra,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")

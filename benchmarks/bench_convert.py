@@ -20,14 +20,12 @@ The parent process never imports torch (see _common.py): builds and checks run i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from _common import (
@@ -42,6 +40,7 @@ from _common import (
     measure,
     num_large_for,
     print_checks,
+    write_json,
 )
 
 TOOL = "bench_convert"
@@ -262,42 +261,6 @@ def profile(argv: list[str], dst: Path) -> str:
     return "\n".join(ln for ln in lines[start:] if ln.strip())
 
 
-def write_json(
-    path: Path,
-    args: argparse.Namespace,
-    ckpts: list[Checkpoint],
-    results: list[Result],
-    checks: list[dict[str, object]],
-    profiles: dict[str, str],
-) -> None:
-    """Write config, per-run raw numbers, summaries, checks and profiles as JSON."""
-    payload = {
-        "config": {
-            "size_gb": args.size_gb,
-            "runs": args.runs,
-            "seed": args.seed,
-            "quick": args.quick,
-            "python": sys.executable,
-            "cpu_count": os.cpu_count(),
-        },
-        "checkpoints": [
-            {
-                "label": c.label,
-                "path": str(c.path),
-                "size_bytes": c.size_bytes,
-                "num_tensors": c.num_tensors,
-            }
-            for c in ckpts
-        ],
-        "results": [
-            asdict(r) | {"median_s": r.median_s, "peak_rss_mb": r.peak_mb} for r in results
-        ],
-        "checks": checks,
-        "profiles": profiles,
-    }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-
-
 def make_checkpoints(size_gb: float, workdir: Path) -> list[Checkpoint]:
     """The SIZE and 2x SIZE checkpoint descriptions (not yet built)."""
     ckpts = []
@@ -343,7 +306,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
             profiles[name] = profile(argv, dst)
             print(profiles[name])
     if args.json_out is not None:
-        write_json(args.json_out, args, ckpts, results, checks, profiles)
+        write_json(args.json_out, args, ckpts, results, checks, profiles=profiles)
         print(f"\nwrote {args.json_out}")
 
 

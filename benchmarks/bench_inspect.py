@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from _common import (
@@ -35,6 +33,7 @@ from _common import (
     measure,
     num_large_for,
     print_checks,
+    write_json,
 )
 
 TOOL = "bench_inspect"
@@ -147,40 +146,6 @@ def check_targets(results: list[Result], small: str, large: str) -> list[dict[st
         f"{flat:.2f}x",
     )
     return checks
-
-
-def write_json(
-    path: Path,
-    args: argparse.Namespace,
-    ckpts: list[Checkpoint],
-    results: list[Result],
-    checks: list[dict[str, object]],
-) -> None:
-    """Write config, per-run raw numbers, summaries and checks as JSON."""
-    payload = {
-        "config": {
-            "size_gb": args.size_gb,
-            "runs": args.runs,
-            "seed": args.seed,
-            "quick": args.quick,
-            "python": sys.executable,
-            "cpu_count": os.cpu_count(),
-        },
-        "checkpoints": [
-            {
-                "label": c.label,
-                "path": str(c.path),
-                "size_bytes": c.size_bytes,
-                "num_tensors": c.num_tensors,
-            }
-            for c in ckpts
-        ],
-        "results": [
-            asdict(r) | {"median_s": r.median_s, "peak_rss_mb": r.peak_mb} for r in results
-        ],
-        "checks": checks,
-    }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:

@@ -16,13 +16,11 @@ The parent process never imports torch (see _common.py): builds and checks run i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from _common import (
@@ -37,6 +35,7 @@ from _common import (
     measure,
     num_large_for,
     print_checks,
+    write_json,
 )
 
 TOOL = "bench_strip"
@@ -193,41 +192,6 @@ def check_targets(results: list[Result], small: str, large: str) -> list[dict[st
         f"{strip_large.peak_mb:.0f} MB vs limit {limit:.0f} MB",
     )
     return checks
-
-
-def write_json(
-    path: Path,
-    args: argparse.Namespace,
-    ckpts: list[Checkpoint],
-    results: list[Result],
-    checks: list[dict[str, object]],
-) -> None:
-    """Write config, per-run raw numbers, summaries and checks as JSON."""
-    payload = {
-        "config": {
-            "size_gb": args.size_gb,
-            "runs": args.runs,
-            "seed": args.seed,
-            "quick": args.quick,
-            "python": sys.executable,
-            "cpu_count": os.cpu_count(),
-        },
-        "checkpoints": [
-            {
-                "label": c.label,
-                "path": str(c.path),
-                "size_bytes": c.size_bytes,
-                "num_tensors": c.num_tensors,
-                "key_prefix": c.key_prefix,
-            }
-            for c in ckpts
-        ],
-        "results": [
-            asdict(r) | {"median_s": r.median_s, "peak_rss_mb": r.peak_mb} for r in results
-        ],
-        "checks": checks,
-    }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def make_checkpoints(size_gb: float, workdir: Path) -> list[Checkpoint]:
