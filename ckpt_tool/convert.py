@@ -20,14 +20,14 @@ from ckpt_tool.checkpoint import Checkpoint, TensorEntry
 from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
 from ckpt_tool.formats import writer
 from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
+from ckpt_tool.surgery import cast as cast_ops
 from ckpt_tool.surgery.cast import (
-    CHUNK_ELEMENTS,
     NUMPY_CASTS,
     CastPlan,
     CastStats,
     cast_stream,
     module_errors,
-    numpy_cast_stream,
+    numpy_cast_chunks,
 )
 from ckpt_tool.tensors import TensorReader
 
@@ -71,15 +71,15 @@ class Casting:
 
     def drain(self) -> None:
         """Run every cast without writing (dry run), to fill the statistics."""
-        seen: set[int] = set()
-        for rec in self.records.values():
-            storage = rec.storage
-            if storage is None or id(storage) in seen:
-                continue
-            seen.add(id(storage))
-            produce = self.sources.streams.get(id(storage))
-            if produce is not None:
-                for _ in produce():
+        storages = list(
+            {id(r.storage): r.storage for r in self.records.values() if r.storage}.values()
+        )
+        with self.sources.pipeline(storages) as pipeline:
+            for storage in storages:
+                chunked = self.sources.chunked.get(id(storage))
+                produce = self.sources.streams.get(id(storage))
+                chunks = pipeline.take(chunked) if chunked else produce() if produce else ()
+                for _ in chunks:
                     pass
 
     def report(self, ckpt: Checkpoint) -> dict[str, Any]:
@@ -149,22 +149,26 @@ def cast_weights(ckpt: Checkpoint, plan: CastPlan, strict: bool) -> Casting:
         )
         stats[key] = CastStats()
         if (rec.dtype, target) in NUMPY_CASTS and reader.file_backed(entry):
-            produce = numpy_cast_stream(
-                _raw_chunker(reader, entry), rec.dtype, target, stats[key], key, strict
+            ranges = _ranger(reader, entry)
+            chunked = numpy_cast_chunks(
+                ranges, ckpt.path, rec.dtype, target, stats[key], key, strict
             )
+            sources.add_chunked(storage, chunked)
         else:
             produce = cast_stream(_chunker(reader, entry), target, stats[key], key, strict)
-        sources.add_stream(storage, produce)
+            sources.add_stream(storage, produce)
         records[key] = by_view[view] = new
     return Casting(plan, records, stats, sources, reader)
 
 
-def _raw_chunker(reader: TensorReader, entry: TensorEntry) -> Callable[[], Iterator[bytearray]]:
-    return lambda: reader.raw_chunks(entry, CHUNK_ELEMENTS)
+def _ranger(
+    reader: TensorReader, entry: TensorEntry
+) -> Callable[[], Iterator[tuple[int, int, int]]]:
+    return lambda: reader.raw_ranges(entry, cast_ops.CHUNK_ELEMENTS)
 
 
 def _chunker(reader: TensorReader, entry: TensorEntry) -> Callable[[], Iterator[Any]]:
-    return lambda: reader.chunks(entry, CHUNK_ELEMENTS)
+    return lambda: reader.chunks(entry, cast_ops.CHUNK_ELEMENTS)
 
 
 def replace_items(
@@ -337,9 +341,8 @@ def materialise(
             if id(rec) in made:
                 out[key] = made[id(rec)]
                 continue
-            produce = sources.streams.get(id(rec.storage)) if rec.storage is not None else None
-            if produce is not None:
-                raw = bytearray().join(produce())
+            raw = sources.produce_all(rec.storage) if rec.storage is not None else None
+            if raw is not None:
                 t = (
                     torch.frombuffer(raw, dtype=getattr(torch, rec.dtype))
                     if raw

@@ -27,6 +27,12 @@ def torch_dtype(name: str) -> torch.dtype:
     return dtype
 
 
+def pread_exactly(fd: int, buf: Any, offset: int, path: Path) -> None:
+    """Fill buf (any writable buffer) from offset, or fail saying the file is short."""
+    if os.preadv(fd, [buf], offset) != memoryview(buf).nbytes:
+        raise UnreadableCheckpoint(f"{path}: file ended inside a tensor")
+
+
 class TensorReader:
     """Reads tensors of one checkpoint from memory-mapped files (copy-on-write, never written)."""
 
@@ -34,6 +40,7 @@ class TensorReader:
         self.ckpt = ckpt
         self._maps: dict[Path, mmap.mmap] = {}
         self._dcp: dict[str, Any] | None = None
+        self._fds: dict[Path, int] = {}
 
     def _map(self, path: Path) -> mmap.mmap:
         if path not in self._maps:
@@ -105,9 +112,9 @@ class TensorReader:
             and rec.numel > 0
         )
 
-    def raw_chunks(self, entry: TensorEntry, elements: int) -> Iterator[bytearray]:
-        """The bytes of a file-backed tensor, `elements` at a time, read with pread: memory
-        stays at one chunk whatever the tensor's size, and torch is not needed."""
+    def raw_ranges(self, entry: TensorEntry, elements: int) -> Iterator[tuple[int, int, int]]:
+        """(fd, offset, size) of a file-backed tensor's bytes, `elements` at a time; the fd
+        stays open until close, and pread on it is safe from any thread."""
         rec = entry.record
         storage = rec.storage
         assert storage is not None and self.file_backed(entry)
@@ -118,17 +125,19 @@ class TensorReader:
             raise UnreadableCheckpoint(
                 f"{self.ckpt.path}: storage {storage.key} is shorter than the tensor it holds"
             )
-        fd = os.open(loc.path, os.O_RDONLY)
-        try:
-            for first in range(0, rec.numel, elements):
-                n = min(elements, rec.numel - first) * size
-                buf = bytearray(n)
-                got = os.preadv(fd, [buf], start + first * size)
-                if got != n:
-                    raise UnreadableCheckpoint(f"{self.ckpt.path}: file ended inside a tensor")
-                yield buf
-        finally:
-            os.close(fd)
+        if loc.path not in self._fds:
+            self._fds[loc.path] = os.open(loc.path, os.O_RDONLY)
+        fd = self._fds[loc.path]
+        for first in range(0, rec.numel, elements):
+            yield fd, start + first * size, min(elements, rec.numel - first) * size
+
+    def raw_chunks(self, entry: TensorEntry, elements: int) -> Iterator[bytearray]:
+        """The bytes of a file-backed tensor, `elements` at a time, read with pread: memory
+        stays at one chunk whatever the tensor's size, and torch is not needed."""
+        for fd, offset, size in self.raw_ranges(entry, elements):
+            buf = bytearray(size)
+            pread_exactly(fd, buf, offset, self.ckpt.path)
+            yield buf
 
     def chunks(self, entry: TensorEntry, elements: int) -> Iterator[torch.Tensor]:
         """The tensor's values in C order, `elements` at a time, as flat torch tensors."""
@@ -159,6 +168,9 @@ class TensorReader:
         for m in self._maps.values():
             m.close()
         self._maps.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __enter__(self) -> TensorReader:
         return self

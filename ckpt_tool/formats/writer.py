@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
 
 from . import pickle_writer
+from .chunks import Chunk, ChunkedStream, ChunkPipeline
 from .safe_pickle import DTYPE_SIZES, StorageRef, TensorRecord, contiguous_stride
 from .safetensors_io import TORCH_TO_ST
 from .zipwriter import ZipWriter, copy_range
@@ -208,7 +209,12 @@ class Source:
     size: int
     crc: int | None = None  # known CRC-32 of exactly these bytes (from the input zip)
     data: bytes | None = None
-    stream: Callable[[], Iterator[bytes]] | None = None  # bytes produced on the fly (casts)
+    stream: Callable[[], Iterator[bytes]] | None = None  # bytes produced on the fly, in order
+    chunked: ChunkedStream | None = None  # bytes produced as parallel chunks (casts)
+
+    @property
+    def produced(self) -> bool:
+        return self.stream is not None or self.chunked is not None
 
 
 @dataclass
@@ -218,10 +224,32 @@ class Sources:
     ckpt: Checkpoint | None
     extra: dict[int, bytes] = field(default_factory=dict)
     streams: dict[int, Callable[[], Iterator[bytes]]] = field(default_factory=dict)
+    chunked: dict[int, ChunkedStream] = field(default_factory=dict)
 
     def add_stream(self, storage: StorageRef, produce: Callable[[], Iterator[bytes]]) -> None:
         """Bytes of storage are produced by `produce()` in chunks (exactly storage.nbytes)."""
         self.streams[id(storage)] = produce
+
+    def add_chunked(self, storage: StorageRef, stream: ChunkedStream) -> None:
+        """Bytes of storage are produced by independent chunk jobs (exactly storage.nbytes)."""
+        self.chunked[id(storage)] = stream
+
+    def produce_all(self, storage: StorageRef) -> bytearray | None:
+        """All produced bytes of storage, or None when they are not produced (whole-tensor
+        writers such as DCP)."""
+        chunked = self.chunked.get(id(storage))
+        produce = self.streams.get(id(storage))
+        if chunked is None and produce is None:
+            return None
+        out = bytearray()
+        with ChunkPipeline([chunked] if chunked else []) as pipeline:
+            for chunk in pipeline.take(chunked) if chunked else produce() if produce else ():
+                out += chunk  # copied: a chunk is only valid until the next one
+        return out
+
+    def pipeline(self, storages: list[StorageRef]) -> ChunkPipeline:
+        """Runs the chunked streams among storages ahead of a writer that takes them in order."""
+        return ChunkPipeline([self.chunked[id(s)] for s in storages if id(s) in self.chunked])
 
     def require_ckpt(self) -> Checkpoint:
         if self.ckpt is None:
@@ -246,6 +274,8 @@ class Sources:
     def of(self, storage: StorageRef) -> Source:
         if id(storage) in self.streams:
             return Source(None, 0, storage.nbytes, stream=self.streams[id(storage)])
+        if id(storage) in self.chunked:
+            return Source(None, 0, storage.nbytes, chunked=self.chunked[id(storage)])
         if id(storage) in self.extra:
             data = self.extra[id(storage)]
             return Source(None, 0, len(data), zlib.crc32(data), data)
@@ -450,6 +480,7 @@ def _write_storages(
 ) -> None:
     fds: dict[Path, int] = {}
     pending: list[tuple[str, Path, int, int]] = []
+    pipeline = sources.pipeline([s for _, s in storages])
     try:
         for key, storage in storages:
             name = f"archive/data/{key}"
@@ -459,9 +490,9 @@ def _write_storages(
                 expected_crcs[name] = m.crc
                 checker.submit(zw.f, name, m.data_offset, m.size)
                 continue
-            if src.stream is not None:
+            if src.produced:
                 offset, _ = zw.begin_stream(name, src.size)
-                produced = _write_stream(zw.f, src, name)
+                produced = _write_stream(zw.f, src, name, pipeline)
                 m = zw.end_stream(name, offset, src.size, produced)
                 expected_crcs[name] = produced
                 checker.submit(zw.f, name, m.data_offset, m.size)
@@ -490,6 +521,7 @@ def _write_storages(
                 zw.f.write(struct.pack("<I", crc))
                 zw.f.seek(end)
     finally:
+        pipeline.close()
         for fd in fds.values():
             os.close(fd)
 
@@ -663,6 +695,7 @@ def _write_st_data(
     crc_slots: list[int] = []
     fds: dict[Path, int] = {}
     reader = None
+    pipeline = sources.pipeline([r.storage for _, r in plan if r.storage is not None])
     try:
         for key, rec in plan:
             pos = f.tell()
@@ -685,8 +718,8 @@ def _write_st_data(
                     crc_slots.append(len(out))
                     out.append((key, pos - data_start, size, 0))
                 continue
-            if src.stream is not None and span == (0, src.size):
-                crc = _write_stream(f, src, key)
+            if src.produced and span == (0, src.size):
+                crc = _write_stream(f, src, key, pipeline)
                 out.append((key, pos - data_start, src.size, crc))
                 continue
             if span is not None and src.data is not None:
@@ -703,6 +736,7 @@ def _write_st_data(
             key, off, size, _ = out[slot]
             out[slot] = (key, off, size, crc)
     finally:
+        pipeline.close()
         for fd in fds.values():
             os.close(fd)
         if reader is not None:
@@ -710,12 +744,16 @@ def _write_st_data(
     return out
 
 
-def _write_stream(f: BinaryIO, src: Source, what: str) -> int:
+def _write_stream(f: BinaryIO, src: Source, what: str, pipeline: ChunkPipeline) -> int:
     """Write a produced byte stream, checking its length; returns its CRC-32."""
-    assert src.stream is not None
+    if src.chunked is not None:
+        chunks: Iterator[Chunk] = pipeline.take(src.chunked)
+    else:
+        assert src.stream is not None
+        chunks = src.stream()
     crc = 0
     written = 0
-    for chunk in src.stream():
+    for chunk in chunks:
         f.write(chunk)
         crc = zlib.crc32(chunk, crc)
         written += len(chunk)
