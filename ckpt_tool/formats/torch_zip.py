@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -27,21 +28,25 @@ class ZipIndex:
         return self.members.get(f"{self.prefix}/data/{key}")
 
     def data_offset(self, info: zipfile.ZipInfo) -> int:
-        """Absolute offset of a STORED member's bytes (reads its 30-byte local header)."""
-        cached = self._offsets.get(info.filename)
-        if cached is not None:
-            return cached
-        with open(self.path, "rb") as f:
-            f.seek(info.header_offset)
-            header = f.read(_LOCAL_HEADER.size)
-        if len(header) != _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
-            raise UnreadableCheckpoint(
-                f"{self.path}: member {info.filename} has a corrupt local header"
-            )
-        name_len, extra_len = struct.unpack("<2H", header[26:30])
-        offset: int = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-        self._offsets[info.filename] = offset
-        return offset
+        """Absolute offset of a STORED member's bytes (from its 30-byte local header)."""
+        if not self._offsets:
+            self._read_local_headers()
+        return self._offsets[info.filename]
+
+    def _read_local_headers(self) -> None:
+        # every member at once through one descriptor: a checkpoint can hold thousands
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for name, info in self.members.items():
+                header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
+                if len(header) != _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
+                    raise UnreadableCheckpoint(
+                        f"{self.path}: member {name} has a corrupt local header"
+                    )
+                name_len, extra_len = struct.unpack("<2H", header[26:30])
+                self._offsets[name] = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        finally:
+            os.close(fd)
 
 
 def open_zip_index(path: Path) -> tuple[ZipIndex, bytes]:

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 ALIGN = 64
+PAGE = 4096
+# Copied members at least this large start at the same offset within a page as their source:
+# the kernel then copies whole pages (about 15% faster here) for at most 4 KB of padding.
+PAGE_MATCH_MIN = 1 << 20
 _U32 = 0xFFFFFFFF
 _LOCAL = struct.Struct("<IHHHHHIIIHH")
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
@@ -61,13 +65,16 @@ class ZipWriter:
         self.f = f
         self.members: list[Member] = []
 
-    def _local_header(self, name: bytes, size: int, crc: int) -> int:
-        """Write a local header padded so data starts on a 64-byte boundary; return its offset."""
+    def _local_header(
+        self, name: bytes, size: int, crc: int, page_offset: int | None = None
+    ) -> int:
+        """Write a local header padded so data starts on a 64-byte boundary (and at
+        `page_offset` within a page, when given); return its offset."""
         offset = self.f.tell()
         zip64 = size >= _U32
         extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
         base = offset + _LOCAL.size + len(name) + len(extra) + 4
-        pad = (-base) % ALIGN
+        pad = (-base) % ALIGN if page_offset is None else (page_offset - base) % PAGE
         extra += struct.pack("<HH", 0x4246, pad) + b"\0" * pad  # "FB" padding, as torch does
         self.f.write(
             _LOCAL.pack(
@@ -98,7 +105,9 @@ class ZipWriter:
     def add_copy(self, name: str, src_fd: int, src_offset: int, size: int, crc: int) -> Member:
         """A member whose bytes are copied from another file; `crc` is known (e.g. the source's)."""
         raw = name.encode("utf-8")
-        offset = self._local_header(raw, size, crc)
+        in_page = src_offset % PAGE
+        match = size >= PAGE_MATCH_MIN and in_page % ALIGN == 0
+        offset = self._local_header(raw, size, crc, in_page if match else None)
         self.f.flush()
         start = self.f.tell()
         os.lseek(self.f.fileno(), start, os.SEEK_SET)
