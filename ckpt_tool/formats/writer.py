@@ -14,7 +14,6 @@ import os
 import secrets
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -377,36 +376,34 @@ class RangeChecker:
 
 class Syncer:
     """Durability off the critical path: while the file is written, a thread keeps flushing
-    what is already there (fdatasync), so the disk works during the copy; at the end the
-    final fsync runs on the thread while verification reads from the page cache."""
+    what is already there (fdatasync every 0.1 s), so the disk works during the copy; at the
+    end the final fsync runs on the thread while verification reads from the page cache.
+    (sync_file_range instead of fdatasync measured no faster here.)"""
 
     def __init__(self, f: BinaryIO) -> None:
         self.f = f
         self.error: OSError | None = None
-        self._writing = threading.Event()
-        self._writing.set()
+        self._done = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(f.fileno(),), daemon=True)
         self.thread.start()
 
     def finish(self) -> None:
-        """The writing is done: flush the rest (on the thread)."""
+        """The writing is done: flush the rest (on the thread, which starts at once)."""
         self.f.flush()
-        self._writing.clear()
+        self._done.set()
 
     def _run(self, fd: int) -> None:
-        while self._writing.is_set():
-            time.sleep(0.1)
-            if self._writing.is_set():
-                # errors here surface again in the final fsync
-                with contextlib.suppress(OSError):
-                    os.fdatasync(fd)
+        while not self._done.wait(0.1):
+            # errors here surface again in the final fsync
+            with contextlib.suppress(OSError):
+                os.fdatasync(fd)
         try:
             os.fsync(fd)
         except OSError as exc:
             self.error = exc
 
     def wait(self) -> None:
-        self._writing.clear()
+        self._done.set()
         self.thread.join()
         if self.error is not None:
             raise self.error
