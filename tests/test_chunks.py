@@ -215,3 +215,47 @@ def test_large_members_keep_their_offset_within_a_page(tmp_path: Path) -> None:
     got = torch.load(out, weights_only=True)
     for key, t in sd.items():
         assert torch.equal(got[key.removeprefix("module.")], t)
+
+
+# --- Ctrl-C while worker threads cast -----------------------------------------------------------
+
+
+def test_sigint_during_a_parallel_cast_exits_cleanly(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from ckpt_tool.formats.writer import TMP_MARK
+
+    src = tmp_path / "big.pth"
+    torch.manual_seed(0)
+    torch.save({f"w{i}": torch.randn(16 * 1024 * 1024) for i in range(4)}, src)  # 256 MB fp32
+    out = tmp_path / "out.safetensors"
+
+    def temps() -> list[Path]:
+        return [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
+
+    for pause in (0.0, 0.05, 0.1):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ckpt_tool", "convert", str(src), "-o", str(out), "-t", "fp16"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not temps() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)  # the temp file appears when writing starts: the workers run
+        assert proc.poll() is None, "finished before the signal; make the input larger"
+        time.sleep(pause)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)  # no hang on the worker threads
+        assert temps() == [], (pause, err)
+        if proc.returncode == 0:  # the signal came after the rename: a complete file
+            out.unlink()
+            continue
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines() == ["error: interrupted; nothing was written"]
+        assert not out.exists()
