@@ -113,7 +113,10 @@ class ChunkPipeline:
             yield chunk
             if isinstance(chunk, memoryview) and isinstance(chunk.obj, bytearray):
                 buf = chunk.obj
-                chunk.release()
+                try:
+                    chunk.release()
+                except BufferError:  # the consumer still exports it: let it keep the buffer
+                    continue
                 self._buffers.put(buf)
         stream.done()
 
