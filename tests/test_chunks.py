@@ -259,3 +259,46 @@ def test_sigint_during_a_parallel_cast_exits_cleanly(tmp_path: Path) -> None:
         assert proc.returncode == 130, err
         assert err.strip().splitlines() == ["error: interrupted; nothing was written"]
         assert not out.exists()
+
+
+# --- error paths: descriptors closed, corrupt local headers refused only where read ---------------
+
+
+def test_refused_casts_leave_no_descriptor_open(tmp_path: Path) -> None:
+    import os
+
+    src = tmp_path / "ov.pth"
+    torch.save({"w": torch.randn(10), "bn.running_var": torch.tensor([1.0, 1e6])}, src)
+    before = len(os.listdir("/proc/self/fd"))
+    for args in (
+        ["convert", src, "-t", "fp16", "--strict", "-o", tmp_path / "o.safetensors"],
+        ["cast", src, "-t", "fp16", "--strict", "--dry-run"],
+        ["cast", src, "-t", "fp16", "--strict", "-o", tmp_path / "o.pth"],
+    ):
+        code, _ = run_json(args)
+        assert code == 3
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_corrupt_local_header_refused_only_for_that_member(tmp_path: Path) -> None:
+    src = tmp_path / "z.pth"
+    torch.save({"a": torch.randn(8), "b": torch.randn(8)}, src)
+    with zipfile.ZipFile(src) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+    raw = bytearray(src.read_bytes())
+    version = infos["z/version"].header_offset
+    raw[version : version + 4] = b"XXXX"  # a member no tensor needs
+    src.write_bytes(bytes(raw))
+    code, report = run_json(["cast", src, "-t", "fp16", "-o", tmp_path / "ok.pth"])
+    assert code == 0, report
+    data = infos["z/data/1"].header_offset
+    raw[data : data + 4] = b"XXXX"  # now a tensor's own record
+    src.write_bytes(bytes(raw))
+    for _ in range(2):  # the same one-line error every time, never a KeyError
+        code, report = run_json(["cast", src, "-t", "fp16", "-o", tmp_path / "bad.pth"])
+        assert code == 1 and report is None
+    from conftest import run_cli
+
+    res = run_cli(["cast", src, "-t", "fp16", "-o", tmp_path / "bad.pth"])
+    assert "corrupt local header" in res.stderr and "z/data/1" in res.stderr
+    assert not (tmp_path / "bad.pth").exists()

@@ -98,10 +98,10 @@ def cast(
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
     casting = _casting(ckpt, dtype, keep, keep_norm, strict)
-    out = rebuild(ckpt, replace_items(weight_items(ckpt), casting.records))
-    if dry_run:
-        casting.drain()
     with casting.reader:
+        out = rebuild(ckpt, replace_items(weight_items(ckpt), casting.records))
+        if dry_run:
+            casting.drain()
         finish(
             "cast",
             ckpt,
@@ -167,72 +167,74 @@ def convert(
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
     casting = _casting(ckpt, dtype, keep, keep_norm, strict) if dtype else None
-    items = weight_items(ckpt)
-    if casting is not None:
-        items = replace_items(items, casting.records)
-    out = rebuild(ckpt, items, weights_only=True)
-    sources = casting.sources if casting else writer.Sources(ckpt)
-    base: dict[str, Any] = {
-        "input_format": ckpt.format,
-        "layout": ckpt.layout,
-        "tensors": len(out.weights),
-    }
+    try:
+        items = weight_items(ckpt)
+        if casting is not None:
+            items = replace_items(items, casting.records)
+        out = rebuild(ckpt, items, weights_only=True)
+        sources = casting.sources if casting else writer.Sources(ckpt)
+        base: dict[str, Any] = {
+            "input_format": ckpt.format,
+            "layout": ckpt.layout,
+            "tensors": len(out.weights),
+        }
 
-    def late() -> dict[str, Any]:
-        if casting is None:
-            return {}
-        return _cast_report(ckpt, casting)
+        def late() -> dict[str, Any]:
+            if casting is None:
+                return {}
+            return _cast_report(ckpt, casting)
 
-    if dry_run and casting is not None:
-        casting.drain()
-    if to_dcp:
-        _convert_to_dcp(
-            ckpt,
-            out.weights,
-            sources,
-            output,
-            base,
-            force=force,
-            dry_run=dry_run,
-            verify=not no_verify,
-            json_out=json_out,
-            late=late,
-        )
-    elif max_shard_size is not None:
-        if writer.output_format(output) != "safetensors":
-            raise UsageError("--max-shard-size needs a .safetensors output")
-        _convert_sharded(
-            ckpt,
-            out.weights,
-            sources,
-            output,
-            parse_size(max_shard_size),
-            base,
-            force=force,
-            dry_run=dry_run,
-            verify=not no_verify,
-            json_out=json_out,
-            late=late,
-            notes=out.notes,
-        )
-    else:
-        finish(
-            "convert",
-            ckpt,
-            out,
-            base,
-            output=output,
-            tag="converted",
-            force=force,
-            in_place=False,
-            dry_run=dry_run,
-            verify=not no_verify,
-            json_out=json_out,
-            sources=sources,
-            late_report=late,
-        )
-    if casting is not None:
-        casting.reader.close()
+        if dry_run and casting is not None:
+            casting.drain()
+        if to_dcp:
+            _convert_to_dcp(
+                ckpt,
+                out.weights,
+                sources,
+                output,
+                base,
+                force=force,
+                dry_run=dry_run,
+                verify=not no_verify,
+                json_out=json_out,
+                late=late,
+            )
+        elif max_shard_size is not None:
+            if writer.output_format(output) != "safetensors":
+                raise UsageError("--max-shard-size needs a .safetensors output")
+            _convert_sharded(
+                ckpt,
+                out.weights,
+                sources,
+                output,
+                parse_size(max_shard_size),
+                base,
+                force=force,
+                dry_run=dry_run,
+                verify=not no_verify,
+                json_out=json_out,
+                late=late,
+                notes=out.notes,
+            )
+        else:
+            finish(
+                "convert",
+                ckpt,
+                out,
+                base,
+                output=output,
+                tag="converted",
+                force=force,
+                in_place=False,
+                dry_run=dry_run,
+                verify=not no_verify,
+                json_out=json_out,
+                sources=sources,
+                late_report=late,
+            )
+    finally:
+        if casting is not None:
+            casting.reader.close()
 
 
 def _convert_sharded(

@@ -115,8 +115,9 @@ class ChunkPipeline:
                 buf = chunk.obj
                 try:
                     chunk.release()
-                except BufferError:  # the consumer still exports it: let it keep the buffer
+                except BufferError:  # an export of the view itself is alive: keep the buffer
                     continue
+                # (a slice of the chunk is not seen here: consumers keep no chunk data)
                 self._buffers.put(buf)
         stream.done()
 

@@ -22,7 +22,7 @@ class ZipIndex:
     prefix: str
     members: dict[str, zipfile.ZipInfo]
     byteorder: str = "little"
-    _offsets: dict[str, int] = field(default_factory=dict)
+    _offsets: dict[str, int | None] = field(default_factory=dict)
 
     def storage_member(self, key: str) -> zipfile.ZipInfo | None:
         return self.members.get(f"{self.prefix}/data/{key}")
@@ -30,23 +30,30 @@ class ZipIndex:
     def data_offset(self, info: zipfile.ZipInfo) -> int:
         """Absolute offset of a STORED member's bytes (from its 30-byte local header)."""
         if not self._offsets:
-            self._read_local_headers()
-        return self._offsets[info.filename]
+            self._offsets = self._read_local_headers()
+        offset = self._offsets.get(info.filename)
+        if offset is None:
+            raise UnreadableCheckpoint(
+                f"{self.path}: member {info.filename} has a corrupt local header"
+            )
+        return offset
 
-    def _read_local_headers(self) -> None:
-        # every member at once through one descriptor: a checkpoint can hold thousands
+    def _read_local_headers(self) -> dict[str, int | None]:
+        """Every member's data offset (None where its header is corrupt), through one
+        descriptor: a checkpoint can hold thousands of members."""
+        offsets: dict[str, int | None] = {}
         fd = os.open(self.path, os.O_RDONLY)
         try:
             for name, info in self.members.items():
                 header = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
                 if len(header) != _LOCAL_HEADER.size or header[:4] != ZIP_MAGIC:
-                    raise UnreadableCheckpoint(
-                        f"{self.path}: member {name} has a corrupt local header"
-                    )
+                    offsets[name] = None  # refused when that member is read, not before
+                    continue
                 name_len, extra_len = struct.unpack("<2H", header[26:30])
-                self._offsets[name] = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+                offsets[name] = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         finally:
             os.close(fd)
+        return offsets
 
 
 def open_zip_index(path: Path) -> tuple[ZipIndex, bytes]:
