@@ -302,3 +302,39 @@ def test_corrupt_local_header_refused_only_for_that_member(tmp_path: Path) -> No
     res = run_cli(["cast", src, "-t", "fp16", "-o", tmp_path / "bad.pth"])
     assert "corrupt local header" in res.stderr and "z/data/1" in res.stderr
     assert not (tmp_path / "bad.pth").exists()
+
+
+# --- the float16 rounding in float32 arithmetic ------------------------------------------------
+
+
+def test_f16_rounding_is_bit_identical_to_numpy_on_every_exponent() -> None:
+    """All exponents below float16 overflow x mantissas around every rounding case (ties with
+    odd and even results, just below and above, subnormal results, carries into the next
+    binade), both signs. An exhaustive run over all 2.4e9 such float32 found 0 mismatches."""
+    rng = np.random.default_rng(0)
+    low = np.array([0, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0x5000], np.uint32)
+    high = np.concatenate([np.arange(0, 1 << 10, 37), [0x3FF, 0x3FE, 0]]).astype(np.uint32)
+    mantissas = ((high[:, None] << 13) | low[None, :]).ravel()
+    mantissas = np.concatenate([mantissas, rng.integers(0, 1 << 23, 2000).astype(np.uint32)])
+    exponents = np.arange(0, 143, dtype=np.uint32)  # 143 << 23 is 65536: overflow
+    bits = ((exponents[:, None] << 23) | mantissas[None, :]).ravel()
+    bits = bits[bits.view(np.float32) < 65520]
+    bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
+    x = bits.view(np.float32)
+    scratch = cast_mod._Scratch.get(x.nbytes)
+    y = np.empty(x.size, np.uint16)
+    got = cast_mod._f16_round(x, y, scratch)
+    assert got is not None
+    mag, rounded = got
+    want = x.astype(np.float16)
+    assert np.array_equal(y, want.view(np.uint16))
+    assert np.array_equal(rounded, np.abs(want.astype(np.float32)))
+    assert np.array_equal(mag, np.abs(x))
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf, 65520.0, -1e30])
+def test_f16_rounding_leaves_nan_inf_and_overflow_to_numpy(special: float) -> None:
+    x = np.array([1.0, special, 2.0], dtype=np.float32)
+    y = np.full(3, 7, np.uint16)
+    assert cast_mod._f16_round(x, y, cast_mod._Scratch.get(x.nbytes)) is None
+    assert (y == 7).all()  # untouched: numpy's cast writes this chunk

@@ -267,6 +267,13 @@ def _cast_chunk(
     out_size = x.size * DTYPE_BYTES[dtype]
     buf = pool.get(out_size)
     y = np.frombuffer(buf, dtype=np.uint8, count=out_size).view(NP_STORE[dtype])
+    if dtype == "float16" and x.dtype == np.float32:
+        magnitudes = _f16_round(x, y.view(np.uint16), scratch)
+        if magnitudes is not None:  # all finite, none overflows: the statistics of |x|
+            if not _np_account_finite(*magnitudes, stats, scratch):  # sums too large
+                back = _half_to_float().take(y.view(np.uint16))
+                _np_account(x, back, stats)
+            return memoryview(buf)[:out_size]
     back = _np_cast(x, y, dtype, scratch)
     if back is None:  # widening: exact, only the input's NaN/Inf to count
         stats.nonfinite += int(x.size - np.count_nonzero(np.isfinite(x)))
@@ -280,8 +287,10 @@ class _Scratch(threading.local):
     cost a page fault per 4 KB each time (the allocator hands big blocks back to the OS)."""
 
     raw: Any = None
-    a: Any = None  # float32 (or uint32) work, one chunk long
+    a: Any = None  # uint32 work arrays (viewed as float32 where needed), one chunk long
     b: Any = None
+    c: Any = None
+    d: Any = None
     mask: Any = None  # bool, one chunk long
 
     @classmethod
@@ -291,13 +300,60 @@ class _Scratch(threading.local):
         s = _SCRATCH
         if s.raw is None or s.raw.size < size:
             s.raw = np.empty(size, dtype=np.uint8)
-            s.a = np.empty((size + 3) // 4, dtype=np.float32)
-            s.b = np.empty((size + 3) // 4, dtype=np.float32)
+            words = (size + 3) // 4
+            s.a, s.b, s.c, s.d = (np.empty(words, dtype=np.uint32) for _ in range(4))
             s.mask = np.empty((size + 1) // 2, dtype=np.bool_)
         return s
 
 
 _SCRATCH = _Scratch()
+
+
+_F16_OVERFLOW = 65520.0  # the smallest float32 that rounds to inf in float16
+_F16_MIN_NORMAL = 2.0**-14
+
+
+def _f16_round(x: Any, y: Any, scratch: _Scratch) -> tuple[Any, Any] | None:
+    """float32 -> float16 bits into y (uint16), twice as fast as numpy's scalar cast, for a
+    chunk whose values are all finite and below the float16 overflow; returns (|x|, |x| as
+    rounded) in float32 for the statistics, or None (y untouched) for any other chunk.
+
+    The rounding is float32 arithmetic: adding S = 2**(e+13), e being |x|'s exponent (at
+    least -14, float16's smallest normal one), leaves exactly the 11 significant bits float16
+    keeps, rounded to nearest-even by the FPU; subtracting S again is exact. The rounded
+    value is representable in float16, so its bits follow by shifting (normal values) or
+    scaling by 2**24 (subnormal ones). Bit-identical to numpy's cast on every such float32
+    (tests/test_chunks.py checks a dense sample of all exponents)."""
+    import numpy as np
+
+    n = x.size
+    bits = x.view(np.uint32)
+    mag_bits = scratch.a[:n]
+    np.bitwise_and(bits, 0x7FFFFFFF, out=mag_bits)
+    mag = mag_bits.view(np.float32)
+    if not mag.max() < _F16_OVERFLOW:  # also False for NaN
+        return None
+    shift = scratch.b[:n]
+    np.bitwise_and(mag_bits, 0x7F800000, out=shift)
+    np.maximum(shift, 0x38800000, out=shift)  # exponent -14 at least
+    np.add(shift, 13 << 23, out=shift)
+    rounded = scratch.c[:n].view(np.float32)
+    np.add(mag, shift.view(np.float32), out=rounded)
+    np.subtract(rounded, shift.view(np.float32), out=rounded)
+    half = shift  # reused: float16 bits, normal values first (exponent rebased 127 -> 15)
+    np.right_shift(rounded.view(np.uint32), 13, out=half)
+    np.subtract(half, 112 << 10, out=half)
+    subnormal = np.less(rounded, np.float32(_F16_MIN_NORMAL), out=scratch.mask[:n])
+    if subnormal.any():
+        scaled = scratch.d[:n].view(np.float32)
+        np.multiply(rounded, np.float32(2.0**24), out=scaled)
+        np.copyto(half, scaled, casting="unsafe", where=subnormal)
+    sign = scratch.d[:n]
+    np.right_shift(bits, 16, out=sign)
+    np.bitwise_and(sign, 0x8000, out=sign)
+    np.bitwise_or(half, sign, out=half)
+    np.copyto(y, half, casting="unsafe")
+    return mag, rounded
 
 
 def _np_values(raw: Any, source: str) -> Any:
@@ -332,7 +388,7 @@ def _np_cast(x: Any, y: Any, dtype: str, scratch: _Scratch) -> Any:
     if dtype == "bfloat16":
         # round to nearest even on the upper 16 bits: bits + 0x7FFF + (bit 16 of bits)
         bits = x.view(np.uint32)
-        work = scratch.a[:n].view(np.uint32)
+        work = scratch.a[:n]
         np.right_shift(bits, 16, out=work)
         np.bitwise_and(work, 1, out=work)
         np.add(work, 0x7FFF, out=work)
@@ -347,7 +403,8 @@ def _np_cast(x: Any, y: Any, dtype: str, scratch: _Scratch) -> Any:
     with np.errstate(over="ignore"):  # overflow is counted and reported, not warned about
         np.copyto(y, x, casting="unsafe")
     if dtype == "float16":
-        return np.take(_half_to_float(), y.view(np.uint16), out=scratch.a[:n])
+        back = scratch.a[:n].view(np.float32)
+        return np.take(_half_to_float(), y.view(np.uint16), out=back)
     return None
 
 
@@ -357,7 +414,7 @@ def _np_account_finite(x: Any, back: Any, stats: CastStats, scratch: _Scratch) -
     import numpy as np
 
     with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.subtract(back, x, out=scratch.b[: x.size])
+        diff = np.subtract(back, x, out=scratch.b[: x.size].view(np.float32))
         ref_sq = float(np.dot(x, x))
         err_sq = float(np.dot(diff, diff))
     # NaN/Inf in x, or a value that became Inf, make these sums non-finite
