@@ -176,6 +176,22 @@ def print_checks(checks: list[dict[str, object]]) -> None:
         print(f"{'PASS' if chk['passed'] else 'FAIL'}: {chk['name']} ({chk['detail']})")
 
 
+def print_durable_floor(
+    results: list[Result], labels: list[str], cp: str, cp_sync: str, commands: tuple[str, ...]
+) -> None:
+    """Print how far the durable copy (cp + sync: what an fsyncing writer cannot beat) is from
+    plain cp, and each ckpt command against that floor, per checkpoint size."""
+    for label in labels:
+        floor = find(results, cp_sync, label).median_s
+        ratios = ", ".join(
+            f"`{name}` {find(results, name, label).median_s / floor:.2f}x" for name in commands
+        )
+        print(
+            f"floor on {label}: `{cp_sync}` is {floor / find(results, cp, label).median_s:.2f}x "
+            f"`{cp}`; against it: {ratios}"
+        )
+
+
 def make_workdir(prefix: str, parent: Path | None) -> Path:
     """A fresh temporary folder under parent (default: the system temp folder)."""
     if parent is not None:

@@ -40,6 +40,7 @@ from _common import (
     measure,
     num_large_for,
     print_checks,
+    print_durable_floor,
     write_json,
 )
 
@@ -293,6 +294,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
     print(markdown_table(results))
     print()
     print_checks(checks)
+    print_durable_floor(results, labels, CP, CP_SYNC, CKPT_COMMANDS)
     profiles: dict[str, str] = {}
     missed = {str(c["command"]) for c in checks if not c["passed"] and c["command"]}
     if missed and not args.no_profile:

@@ -35,6 +35,7 @@ from _common import (
     measure,
     num_large_for,
     print_checks,
+    print_durable_floor,
     write_json,
 )
 
@@ -225,6 +226,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
     print(markdown_table(results))
     print()
     print_checks(checks)
+    labels = [c.label for c in ckpts]
+    print_durable_floor(results, labels, CP, CP_SYNC, (STRIP, STRIP_NO_VERIFY))
     if args.json_out is not None:
         write_json(args.json_out, args, ckpts, results, checks)
         print(f"\nwrote {args.json_out}")
