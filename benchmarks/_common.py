@@ -6,6 +6,7 @@ from, so the benchmark parent must stay small; checkpoints are built in a separa
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -190,6 +191,82 @@ def print_durable_floor(
             f"floor on {label}: `{cp_sync}` is {floor / find(results, cp, label).median_s:.2f}x "
             f"`{cp}`; against it: {ratios}"
         )
+
+
+CP = "cp"
+CP_SYNC = "cp + sync (extra)"
+
+
+def copy_baselines(src: Path, dst: Path) -> dict[str, list[str]]:
+    """`cp` (the physical floor) and `cp` + `sync` (the floor for a durable write)."""
+    return {
+        CP: ["cp", str(src), str(dst)],
+        CP_SYNC: ["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", str(src), str(dst)],
+    }
+
+
+def reset_output(path: Path) -> Callable[[], None]:
+    """A callable that deletes path, then flushes dirty pages so runs do not share writeback."""
+
+    def reset() -> None:
+        path.unlink(missing_ok=True)
+        os.sync()
+
+    return reset
+
+
+def run_and_check(name: str, argv: list[str], check: list[str], ckpt: Checkpoint) -> None:
+    """Run a ckpt command, then the check command on its output; exit 1 if either fails."""
+    run = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        print(f"FAIL: `{name}` exited {run.returncode} on {ckpt.path}:\n{run.stderr}")
+        sys.exit(1)
+    chk = subprocess.run(check, capture_output=True, text=True, check=False)
+    print(f"check `{name}` on {ckpt.label}: {(chk.stdout or chk.stderr).strip()}", flush=True)
+    if chk.returncode != 0:
+        print(f"FAIL: `{name}` output is wrong:\n{chk.stderr[-2000:]}")
+        sys.exit(1)
+
+
+def common_parser(doc: str, runs: int, quick_size_gb: float) -> argparse.ArgumentParser:
+    """The options every size-based benchmark takes (a script may add its own)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--size-gb", type=float, default=1.5, help="size of the smaller file (GB)")
+    ap.add_argument("--runs", type=int, default=runs, help="timed runs per command (after 1 warm)")
+    ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument("--json-out", type=Path, default=None, help="also write results as JSON")
+    ap.add_argument("--seed", type=int, default=0, help="seed for the tensor values")
+    ap.add_argument("--quick", action="store_true", help=f"smoke run: {quick_size_gb} GB files")
+    return ap
+
+
+def parse_common(
+    ap: argparse.ArgumentParser, argv: list[str] | None, quick_size_gb: float
+) -> argparse.Namespace:
+    """Parse, apply --quick and check --runs."""
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.size_gb = quick_size_gb
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    return args
+
+
+def run_in_workdir(
+    prefix: str, args: argparse.Namespace, run: Callable[[argparse.Namespace, Path], None]
+) -> int:
+    """Run a benchmark in a fresh work folder, removed afterwards unless --keep; returns 0 even
+    when a target fails (only setup errors exit non-zero)."""
+    workdir = make_workdir(prefix, args.workdir)
+    try:
+        run(args, workdir)
+    finally:
+        if args.keep:
+            print(f"kept checkpoints in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
 
 
 def make_workdir(prefix: str, parent: Path | None) -> Path:

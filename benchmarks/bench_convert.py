@@ -20,27 +20,31 @@ The parent process never imports torch (see _common.py): builds and checks run i
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from _common import (
+    CP,
+    CP_SYNC,
     LARGE_NUMEL,
     Checkpoint,
     Result,
     build_checkpoint,
     check_free_space,
     ckpt_executable,
+    common_parser,
+    copy_baselines,
     find,
-    make_workdir,
     measure,
     num_large_for,
+    parse_common,
     print_checks,
     print_durable_floor,
+    reset_output,
+    run_and_check,
+    run_in_workdir,
     write_json,
 )
 
@@ -56,8 +60,6 @@ TARGET_FLAT_RATIO = 1.2
 TARGET_FLAT_SLACK_MB = 5.0
 PROFILE_TOP = 12
 
-CP = "cp"
-CP_SYNC = "cp + sync (extra)"
 NAIVE = "naive torch.load + save_file"
 CONVERT = "ckpt convert"
 CONVERT_FP16 = "ckpt convert --dtype fp16"
@@ -104,23 +106,11 @@ stats.sort_stats("tottime").print_stats(int(sys.argv[2]))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size-gb", type=float, default=1.5, help="size of the smaller file (GB)")
-    ap.add_argument("--runs", type=int, default=3, help="timed runs per command (after 1 warm)")
-    ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: /tmp)")
-    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
-    ap.add_argument("--json-out", type=Path, default=None, help="also write results as JSON")
-    ap.add_argument("--seed", type=int, default=0, help="seed for the tensor values")
-    ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_SIZE_GB} GB files")
+    ap = common_parser(__doc__, runs=3, quick_size_gb=QUICK_SIZE_GB)
     ap.add_argument(
         "--no-profile", action="store_true", help="do not profile ckpt when it misses a target"
     )
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.size_gb = QUICK_SIZE_GB
-    if args.runs < 1:
-        ap.error("--runs must be at least 1")
-    return args
+    return parse_common(ap, argv, QUICK_SIZE_GB)
 
 
 def output_path(ckpt: Checkpoint) -> Path:
@@ -128,22 +118,11 @@ def output_path(ckpt: Checkpoint) -> Path:
     return ckpt.path.with_name(ckpt.path.stem + ".out.safetensors")
 
 
-def reset_output(path: Path) -> Callable[[], None]:
-    """A callable that deletes path, then flushes dirty pages so runs do not share writeback."""
-
-    def reset() -> None:
-        path.unlink(missing_ok=True)
-        os.sync()
-
-    return reset
-
-
 def commands(ckpt_exe: str, src: Path, dst: Path) -> dict[str, list[str]]:
     """The measured commands, by display name; each writes dst."""
     convert = [ckpt_exe, "convert", str(src), "-o", str(dst), "--force"]
     return {
-        CP: ["cp", str(src), str(dst)],
-        CP_SYNC: ["sh", "-c", 'cp "$1" "$2" && sync "$2"', "sh", str(src), str(dst)],
+        **copy_baselines(src, dst),
         NAIVE: [sys.executable, "-c", NAIVE_CODE, str(src), str(dst)],
         CONVERT: convert,
         CONVERT_FP16: [*convert, "--dtype", "fp16"],
@@ -156,20 +135,8 @@ def verify_output(ckpt_exe: str, ckpt: Checkpoint) -> None:
     argv = commands(ckpt_exe, ckpt.path, dst)
     for name, dtype in ((CONVERT, "none"), (CONVERT_FP16, "float16")):
         dst.unlink(missing_ok=True)
-        run = subprocess.run(argv[name], capture_output=True, text=True, check=False)
-        if run.returncode != 0:
-            print(f"FAIL: `{name}` exited {run.returncode} on {ckpt.path}:\n{run.stderr}")
-            sys.exit(1)
-        chk = subprocess.run(
-            [sys.executable, "-c", CHECK_CODE, str(ckpt.path), str(dst), dtype],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        print(f"check `{name}` on {ckpt.label}: {(chk.stdout or chk.stderr).strip()}", flush=True)
-        if chk.returncode != 0:
-            print(f"FAIL: `{name}` output is wrong:\n{chk.stderr[-2000:]}")
-            sys.exit(1)
+        check = [sys.executable, "-c", CHECK_CODE, str(ckpt.path), str(dst), dtype]
+        run_and_check(name, argv[name], check, ckpt)
     dst.unlink(missing_ok=True)
 
 
@@ -314,16 +281,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 even when a target fails (only setup errors exit non-zero)."""
-    args = parse_args(argv)
-    workdir = make_workdir("bench_convert_", args.workdir)
-    try:
-        run_benchmark(args, workdir)
-    finally:
-        if args.keep:
-            print(f"kept checkpoints in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return run_in_workdir("bench_convert_", parse_args(argv), run_benchmark)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,11 +27,13 @@ from _common import (
     build_checkpoint,
     check_free_space,
     ckpt_executable,
+    common_parser,
     find,
-    make_workdir,
     measure,
     num_large_for,
+    parse_common,
     print_checks,
+    run_in_workdir,
     write_json,
 )
 
@@ -51,20 +52,8 @@ TORCH_LOAD_CODE = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size-gb", type=float, default=1.5, help="size of the smaller file (GB)")
-    ap.add_argument("--runs", type=int, default=5, help="timed runs per command (after 1 warm)")
-    ap.add_argument("--workdir", type=Path, default=None, help="where to build (default: /tmp)")
-    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
-    ap.add_argument("--json-out", type=Path, default=None, help="also write results as JSON")
-    ap.add_argument("--seed", type=int, default=0, help="seed for the tensor values")
-    ap.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_SIZE_GB} GB files")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.size_gb = QUICK_SIZE_GB
-    if args.runs < 1:
-        ap.error("--runs must be at least 1")
-    return args
+    ap = common_parser(__doc__, runs=5, quick_size_gb=QUICK_SIZE_GB)
+    return parse_common(ap, argv, QUICK_SIZE_GB)
 
 
 def commands(ckpt_exe: str, path: Path) -> dict[str, list[str]]:
@@ -180,16 +169,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0 even when a target fails (only setup errors exit non-zero)."""
-    args = parse_args(argv)
-    workdir = make_workdir("bench_inspect_", args.workdir)
-    try:
-        run_benchmark(args, workdir)
-    finally:
-        if args.keep:
-            print(f"kept checkpoints in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return run_in_workdir("bench_inspect_", parse_args(argv), run_benchmark)
 
 
 if __name__ == "__main__":
