@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ArchBuildFailed, ArchNotFound, InputNotFound, UsageError
-from .inspect import natural_key
+from .keys import natural_key
 
 if TYPE_CHECKING:
     from torch import nn

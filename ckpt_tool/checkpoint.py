@@ -7,26 +7,25 @@ index, or a DCP `.metadata` file. Tensor bytes stay on disk; `Checkpoint.locate`
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputNotFound, UnreadableCheckpoint, WeightsNotFound
-from .formats import dcp, legacy, safetensors_io, torch_zip
+from .errors import InputNotFound, UnreadableCheckpoint, UnsafeCheckpoint, WeightsNotFound
+from .formats import dcp, safetensors_io, torch_zip
+from .formats.pickle_rules import DANGEROUS, NEEDS_CODE, SAFE
 from .formats.safe_pickle import (
     DTYPE_SIZES,
-    GlobalRef,
-    Inert,
     NumpyArray,
     PickleResult,
     StorageRef,
     TensorRecord,
     contiguous_stride,
     global_name,
-    safe_loads,
+    walk,
 )
+from .formats.survey import Finding, Survey, survey_file
 
 # Keys under which training checkpoints keep their weights, in the order we pick a default.
 WEIGHT_KEYS = (
@@ -118,7 +117,7 @@ class Checkpoint:
     framework: str | None = None
     modules: dict[str, str] = field(default_factory=dict)
     extras: dict[str, str] = field(default_factory=dict)
-    globals: list[GlobalRef] = field(default_factory=list)
+    survey: Survey | None = field(default=None, repr=False)
     metadata: dict[str, str] = field(default_factory=dict)
     root: Any = None
     frozen_recorded: bool = False
@@ -126,7 +125,7 @@ class Checkpoint:
     files: list[Path] = field(default_factory=list)
     _locations: dict[str, Location] = field(default_factory=dict, repr=False)
     _zip: torch_zip.ZipIndex | None = field(default=None, repr=False)
-    _legacy: legacy.LegacyIndex | None = field(default=None, repr=False)
+    _legacy: dict[str, int] | None = field(default=None, repr=False)
 
     def locate(self, storage: StorageRef) -> Location:
         """The file bytes behind a storage (zip member, legacy offset, safetensors range)."""
@@ -137,8 +136,8 @@ class Checkpoint:
             if info is None:
                 raise UnreadableCheckpoint(f"{self.path}: storage {storage.key} is missing")
             loc = Location(self.path, self._zip.data_offset(info), info.file_size)
-        elif self._legacy is not None and storage.key in self._legacy.offsets:
-            loc = Location(self.path, self._legacy.offsets[storage.key], storage.nbytes)
+        elif self._legacy is not None and storage.key in self._legacy:
+            loc = Location(self.path, self._legacy[storage.key], storage.nbytes)
         else:
             raise UnreadableCheckpoint(
                 f"{self.path}: tensor bytes of storage {storage.key} cannot be located"
@@ -147,12 +146,23 @@ class Checkpoint:
         return loc
 
     @property
-    def dangerous(self) -> list[GlobalRef]:
-        return [g for g in self.globals if g.kind == "dangerous"]
+    def verdict(self) -> str:
+        """safe, needs code or dangerous: the one verdict every command gives this file."""
+        return self.survey.verdict if self.survey is not None else SAFE
 
     @property
-    def refused(self) -> list[GlobalRef]:
-        return [g for g in self.globals if g.kind != "safe"]
+    def findings(self) -> list[Finding]:
+        return self.survey.findings if self.survey is not None else []
+
+    @property
+    def dangerous(self) -> list[str]:
+        """What makes the file dangerous (global names, or what is ambiguous about it)."""
+        return _unique(f.name or f.message for f in self.findings if f.verdict == DANGEROUS)
+
+    @property
+    def needs_code(self) -> list[str]:
+        """Globals outside the allowlist that a real load would import."""
+        return _unique(f.name or f.message for f in self.findings if f.verdict == NEEDS_CODE)
 
     @property
     def frozen(self) -> list[str]:
@@ -166,38 +176,11 @@ class Checkpoint:
         ]
 
 
+def _unique(items: Iterator[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
 # --- walking object graphs ----------------------------------------------------------------------
-
-
-def children(obj: Any) -> Iterator[Any]:
-    """Direct children of a container or inert record, for iterative walks."""
-    if isinstance(obj, dict):
-        yield from obj.keys()
-        yield from obj.values()
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        yield from obj
-    elif isinstance(obj, Inert):
-        yield from obj.args
-        yield from obj.kwargs.values()
-        yield obj.state
-        yield from obj.listitems
-        yield from obj.dictitems.keys()
-        yield from obj.dictitems.values()
-    elif isinstance(obj, TensorRecord) and obj.storage is not None:
-        yield obj.storage
-
-
-def walk(root: Any) -> Iterator[Any]:
-    """Every object reachable from root, once each, without recursion (cycles are fine)."""
-    seen: set[int] = set()
-    queue: deque[Any] = deque([root])
-    while queue:
-        obj = queue.popleft()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        yield obj
-        queue.extend(children(obj))
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -335,7 +318,6 @@ def _entries(records: dict[str, TensorRecord], buffers: set[str] | None) -> dict
 def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) -> None:
     root = result.root
     ckpt.root = root
-    ckpt.globals = list(result.globals.values())
     records: dict[str, TensorRecord] | None = None
     buffers: set[str] | None = None
     if is_module_record(root):
@@ -438,7 +420,7 @@ def _check_view(ckpt: Checkpoint, rec: TensorRecord) -> None:
 
 
 def detect(path: Path) -> str:
-    """The format of a file or folder, by content, never by extension alone."""
+    """The kind of input: a folder's (dcp, sharded, hf-folder), or "file" (read by content)."""
     if not path.exists():
         raise InputNotFound(f"{path}: no such file or folder")
     if path.is_dir():
@@ -454,23 +436,11 @@ def detect(path: Path) -> str:
         )
     if path.name.endswith(".index.json"):
         return "sharded"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as exc:
-        raise UnreadableCheckpoint(f"{path}: cannot read ({exc.strerror})") from None
-    if not head:
-        raise UnreadableCheckpoint(f"{path}: empty file, not a checkpoint")
-    if head[:4] == torch_zip.ZIP_MAGIC:
-        return "torch-zip"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head[:1] == b"\x80" or head[:1] in b"(}]cNIJKLFSVX":
-        return "pickle"
-    raise UnreadableCheckpoint(
-        f"{path}: not a checkpoint format we know (not a torch zip, legacy torch file, pickle "
-        "or safetensors)"
-    )
+    if not path.is_file():
+        raise UnreadableCheckpoint(
+            f"{path}: not a regular file (a pipe, device or socket); pass a checkpoint file"
+        )
+    return "file"
 
 
 def _index_in(folder: Path) -> Path | None:
@@ -488,29 +458,133 @@ def _single_weights_in(folder: Path) -> Path | None:
     return None
 
 
-def _load_zip(ckpt: Checkpoint, weights: str | None) -> None:
-    index, data_pkl = torch_zip.open_zip_index(ckpt.path)
+def _main_pickle(ckpt: Checkpoint, survey: Survey) -> PickleResult:
+    """The pickle torch.load would unpickle, read to its end; else the one-line refusal."""
+    main = survey.main
+    if main is not None and main.complete:
+        return main
+    if survey.verdict == DANGEROUS:
+        names = ", ".join(ckpt.dangerous[:3])
+        raise UnsafeCheckpoint(
+            f"{ckpt.path}: reaches dangerous content ({names}) and cannot be read; refused. "
+            f"Nothing was run. See `ckpt scan {ckpt.path}` for details"
+        )
+    errors = survey.errors
+    if errors:
+        raise UnreadableCheckpoint(f"{ckpt.path}: {errors[0].message}")
+    raise UnreadableCheckpoint(f"{ckpt.path}: {survey.main_member or 'the pickle'} cannot be read")
+
+
+def _load_zip(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
+    assert survey.zip is not None
+    index = survey.zip.index
     ckpt._zip = index
-    if torch_zip.is_torchscript(index):
-        ckpt.format = "torchscript"
-    result = safe_loads(data_pkl, f"{ckpt.path}: {index.prefix}/data.pkl")
+    if ckpt.format == "torch-export":
+        raise UnreadableCheckpoint(
+            f"{ckpt.path}: torch.export (.pt2) archives are not supported yet"
+        )
+    if not index.prefix or f"{index.prefix}/data.pkl" not in index.members:
+        raise UnreadableCheckpoint(
+            f"{ckpt.path}: zip archive without a data.pkl record where torch looks for it "
+            f"({index.prefix or 'no folder'}/data.pkl): not a torch checkpoint"
+        )
+    result = _main_pickle(ckpt, survey)
+    order = index.members.get(f"{index.prefix}/byteorder")
+    if order is not None:
+        index.byteorder = _member_text(ckpt, survey, order) or "little"
+    if index.byteorder != "little":
+        raise UnreadableCheckpoint(
+            f"{ckpt.path}: saved on a {index.byteorder}-endian machine; not supported yet"
+        )
+    for info in index.members.values():
+        if info.compress_type != 0 and not torch_zip.deflated_by_torchscript(info.filename):
+            raise UnreadableCheckpoint(
+                f"{ckpt.path}: member {info.filename!r} is compressed; torch checkpoints "
+                "store members uncompressed (was the file re-zipped?)"
+            )
     _check_storages(ckpt, result)
     _from_pickle(ckpt, result, weights)
 
 
-def _load_pickle(ckpt: Checkpoint, weights: str | None) -> None:
-    result, index = legacy.read_pickle_file(ckpt.path)
-    if index is not None:
-        ckpt.format = "torch-legacy"
-        ckpt._legacy = index
+def _member_text(ckpt: Checkpoint, survey: Survey, info: Any) -> str:
+    assert survey.zip is not None
+    with open(ckpt.path, "rb") as f:
+        f.seek(survey.zip.index.data_offset(info))
+        return f.read(min(info.file_size, 64)).decode("ascii", "replace").strip()
+
+
+def _load_pickle(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
+    result = _main_pickle(ckpt, survey)
+    if survey.legacy is not None:
+        ckpt._legacy = survey.legacy.offsets
         for obj in walk(result.root):
             if isinstance(obj, TensorRecord) and obj.storage is not None:
                 _check_view(ckpt, obj)
+    elif ckpt.format == "torch-legacy":
+        raise UnreadableCheckpoint(f"{ckpt.path}: {survey.errors[0].message}")
     elif result.storages:
         raise UnreadableCheckpoint(
             f"{ckpt.path}: pickle references tensor storages but has no legacy torch header"
         )
     _from_pickle(ckpt, result, weights)
+
+
+def _load_numpy(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
+    """`.npy` and `.npz` files: numpy arrays read in place (object arrays are refused)."""
+    if survey.errors:
+        raise UnreadableCheckpoint(f"{ckpt.path}: {survey.errors[0].message}")
+    if weights is not None:
+        raise WeightsNotFound(f"{ckpt.path}: --weights is not supported for numpy files")
+    records: dict[str, TensorRecord] = {}
+    for key, arr in survey.npy.items():
+        if arr.dtype is None:
+            raise UnreadableCheckpoint(
+                f"{ckpt.path}: array {key!r} has dtype {arr.descr!r}, which ckpt does not read"
+            )
+        if arr.big_endian or arr.fortran:
+            raise UnreadableCheckpoint(
+                f"{ckpt.path}: array {key!r} is big-endian or Fortran-ordered; rewrite it with "
+                "numpy (np.ascontiguousarray, astype('<...')) first"
+            )
+        numel = 1
+        for d in arr.shape:
+            numel *= d
+        storage = StorageRef(f"npy:{key}", arr.dtype, "cpu", numel)
+        if arr.data_offset >= 0:
+            ckpt._locations[storage.key] = Location(
+                ckpt.path, arr.data_offset, numel * DTYPE_SIZES[arr.dtype]
+            )
+        records[key] = TensorRecord(
+            storage, 0, arr.shape, contiguous_stride(arr.shape), arr.dtype, rebuild="numpy"
+        )
+    if not records:
+        raise UnreadableCheckpoint(f"{ckpt.path}: numpy file holds no arrays ckpt can read")
+    ckpt.layout = "tensor" if ckpt.format == "numpy" else "state_dict"
+    ckpt.tensors = _entries(records, None)
+
+
+def _load_file(ckpt: Checkpoint, weights: str | None) -> None:
+    """Any file: one survey of its bytes decides the format and the verdict; then its layout."""
+    survey = survey_file(ckpt.path)
+    ckpt.survey = survey
+    ckpt.format = survey.format
+    if survey.format in ("torch-zip", "torchscript", "torch-export"):
+        _load_zip(ckpt, survey, weights)
+    elif survey.format in ("pickle", "torch-legacy"):
+        _load_pickle(ckpt, survey, weights)
+    elif survey.format in ("numpy", "numpy-zip"):
+        _load_numpy(ckpt, survey, weights)
+    elif survey.format == "safetensors":
+        _load_safetensors(ckpt, [ckpt.path], weights)
+    elif survey.format == "torch-legacy-tar":
+        if survey.verdict == DANGEROUS:
+            _main_pickle(ckpt, Survey(ckpt.path, survey.format, survey.findings))
+        raise UnreadableCheckpoint(
+            f"{ckpt.path}: legacy tar checkpoint (torch before 0.1.10); not supported yet: "
+            "convert it with torch.load(weights_only=False) and torch.save if you trust it"
+        )
+    else:
+        _main_pickle(ckpt, survey)
 
 
 def _safetensors_records(
@@ -605,7 +679,7 @@ def _load_sharded(ckpt: Checkpoint, index_path: Path, weights: str | None) -> No
 
 def _load_dcp(ckpt: Checkpoint, weights: str | None) -> None:
     index = dcp.read_dcp(ckpt.path)
-    ckpt.globals = list(index.pickle.globals.values())
+    ckpt.survey = index.survey
     ckpt.layout = "state_dict"
     records = {}
     for e in index.tensors:
@@ -630,12 +704,8 @@ def load(path: str | Path, weights: str | None = None) -> Checkpoint:
     )
     ckpt = Checkpoint(path=p, format=fmt, layout="state_dict", size_bytes=size, tensors={})
     try:
-        if fmt == "torch-zip":
-            _load_zip(ckpt, weights)
-        elif fmt == "pickle":
-            _load_pickle(ckpt, weights)
-        elif fmt == "safetensors":
-            _load_safetensors(ckpt, [p], weights)
+        if fmt == "file":
+            _load_file(ckpt, weights)
         elif fmt == "sharded":
             _load_sharded(ckpt, p if p.is_file() else _index_in(p) or p, weights)
         elif fmt == "dcp":

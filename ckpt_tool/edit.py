@@ -28,9 +28,9 @@ from ckpt_tool.surgery.rename import RenamePlan, rename_metadata
 def refuse_dangerous(ckpt: Checkpoint) -> None:
     """Write commands do not touch files that reach dangerous callables."""
     if ckpt.dangerous:
-        names = ", ".join(g.name for g in ckpt.dangerous[:3])
+        names = "; ".join(ckpt.dangerous[:3])
         raise UnsafeCheckpoint(
-            f"{ckpt.path}: refers to dangerous callables ({names}); refused. Nothing was run. "
+            f"{ckpt.path}: dangerous content ({names}); refused. Nothing was run. "
             f"See `ckpt scan {ckpt.path}` for details"
         )
 

@@ -30,7 +30,9 @@ class UnreadableCheckpoint(CkptError):
 
 
 class UnsafeCheckpoint(CkptError):
-    """The file reaches a dangerous callable; we refuse to act on it (see `ckpt scan`)."""
+    """The file holds dangerous content; we refuse to act on it (see `ckpt scan`)."""
+
+    exit_code = EXIT_CHECK_FAILED
 
 
 class WeightsNotFound(CkptError):

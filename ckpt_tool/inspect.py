@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from .checkpoint import Checkpoint, TensorEntry
 from .formats.safe_pickle import TensorRecord
+from .keys import natural_key
 from .surgery.prefixes import detect_prefix
-
-_NUM = re.compile(r"(\d+)")
-
-
-def natural_key(text: str) -> list[Any]:
-    """Sort key that puts layer2 before layer10."""
-    return [int(p) if p.isdigit() else p for p in _NUM.split(text)]
 
 
 @dataclass
@@ -166,9 +159,11 @@ def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> dict[str, An
             "frozen_keys": frozen,
             "bn_eval": ckpt.bn_eval,
         },
+        "verdict": ckpt.verdict,
         "refused_globals": [
-            {"name": g.name, "dangerous": g.kind == "dangerous", "count": g.count}
-            for g in sorted(ckpt.refused, key=lambda g: (g.kind != "dangerous", g.name))
+            {"name": name, "dangerous": verdict == "dangerous", "verdict": verdict}
+            for verdict, names in (("dangerous", ckpt.dangerous), ("needs code", ckpt.needs_code))
+            for name in names
         ],
         "modules": ckpt.modules,
         "metadata": ckpt.metadata,

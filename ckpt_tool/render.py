@@ -144,15 +144,17 @@ def _header_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(
             (
                 "unsafe",
-                f"[bold red]DANGEROUS callables refused: "
-                f"{safe(', '.join(dangerous))}[/]  (nothing was run; "
+                f"[bold red]DANGEROUS: {safe('; '.join(dangerous[:4]))}[/]  (nothing was run; "
                 "see `ckpt scan`)",
             )
         )
     if unknown:
         more = f" +{len(unknown) - 6} more" if len(unknown) > 6 else ""
         rows.append(
-            ("classes", f"{safe(', '.join(unknown[:6]))}{more}  [dim](recorded, not imported)[/]")
+            (
+                "needs code",
+                f"{safe(', '.join(unknown[:6]))}{more}  [dim](recorded, not imported)[/]",
+            )
         )
     if not refused:
         rows.append(("unsafe", "none"))
@@ -434,8 +436,7 @@ def count_report(r: dict[str, Any]) -> None:
     if r.get("dangerous"):
         grid.add_row(
             "unsafe",
-            f"[bold red]DANGEROUS callables refused: "
-            f"{safe(', '.join(r['dangerous']))}[/] (nothing was run; "
+            f"[bold red]DANGEROUS: {safe('; '.join(r['dangerous'][:4]))}[/] (nothing was run; "
             "see `ckpt scan`)",
         )
     total = r["params"]
@@ -598,16 +599,17 @@ def arch_list(data: dict[str, Any], pattern: str | None) -> None:
 
 # --- scan ---------------------------------------------------------------------------------------
 
-_SEVERITY_STYLE = {
+_VERDICT_STYLE = {
     "dangerous": "[bold red]dangerous[/]",
-    "corrupt": "[red]damaged[/]",
-    "unknown": "[yellow]unknown[/]",
+    "error": "[red]damaged[/]",
+    "needs code": "[yellow]needs code[/]",
     "safe": "[green]safe[/]",
 }
-_SCAN_STATUS = {
+_FILE_VERDICT = {
     "dangerous": "[bold red]DANGEROUS[/]",
     "error": "[red]unreadable or damaged[/]",
-    "clean": "[green]clean[/]",
+    "needs code": "[yellow]needs code[/]",
+    "safe": "[green]safe[/]",
 }
 
 
@@ -615,27 +617,32 @@ def _where(f: dict[str, Any]) -> str:
     where = safe(f["member"] or "")
     if f["offset"] is not None:
         where += f" [dim]@{f['offset']}[/]"
+    if f.get("opcode"):
+        where += f" [dim]{f['opcode']}[/]"
     return where
 
 
 def scan_report(r: dict[str, Any]) -> None:
     """`ckpt scan`: per file its verdict, what is not on the allowlist, and where it is."""
     for f in r["files"]:
-        out.print(f"[bold]{safe(f['path'])}[/]  {safe(f['format'])}  {_SCAN_STATUS[f['status']]}")
-        flagged = [x for x in f["findings"] if x["severity"] != "safe"]
+        out.print(f"[bold]{safe(f['path'])}[/]  {safe(f['format'])}  {_FILE_VERDICT[f['verdict']]}")
+        flagged = [x for x in f["findings"] if x["verdict"] != "safe"]
         if flagged:
             table = Table(box=None, pad_edge=False, show_header=False, padding=(0, 1))
-            for col in ("severity", "what", "where", "why"):
+            for col in ("verdict", "what", "where", "why"):
                 table.add_column(col, overflow="fold")
             for x in flagged:
-                what = safe(x["name"] or x["kind"])
+                what = safe(x["name"] or x["why"])
                 if x["count"] > 1:
                     what += f" [dim]×{x['count']}[/]"
                 table.add_row(
-                    "  " + _SEVERITY_STYLE[x["severity"]], what, _where(x), safe(x["message"])
+                    "  " + _VERDICT_STYLE[x["verdict"]],
+                    what,
+                    _where(x),
+                    f"[dim]{safe(x['why'])}:[/] {safe(x['message'])}",
                 )
             out.print(table)
-        safe_globals = [x for x in f["findings"] if x["severity"] == "safe" and x["name"]]
+        safe_globals = [x for x in f["findings"] if x["verdict"] == "safe" and x["name"]]
         if safe_globals:
             names = ", ".join(
                 safe(x["name"]) + (f" ×{x['count']}" if x["count"] > 1 else "")
@@ -643,27 +650,35 @@ def scan_report(r: dict[str, Any]) -> None:
             )
             out.print(f"  [green]allowlisted:[/] [dim]{names}[/]")
         for x in f["findings"]:
-            if x["severity"] == "safe" and not x["name"]:
+            if x["verdict"] == "safe" and not x["name"]:
                 out.print(f"  [dim]{safe(x['message'])}[/]")
     s = r["summary"]
     out.print(
-        f"scanned {s['files']} file{'s' if s['files'] != 1 else ''}: {s['clean']} clean, "
-        f"{s['dangerous']} dangerous, {s['error']} unreadable or damaged"
+        f"scanned {s['files']} file{'s' if s['files'] != 1 else ''}: {s['safe']} safe, "
+        f"{s['needs code']} need code, {s['dangerous']} dangerous, "
+        f"{s['error']} unreadable or damaged"
     )
     if s["dangerous"]:
         out.print(
             "[bold red]do not load dangerous files with torch.load(weights_only=False) or "
             "pickle.load[/]; nothing in them was run by this scan"
         )
+    elif s["needs code"]:
+        out.print(
+            "[yellow]needs code[/]: torch.load(weights_only=True) refuses these files; "
+            "loading them imports the classes listed, so do that only if you trust their source"
+        )
 
 
 def scan_verdict(r: dict[str, Any]) -> None:
-    """One stderr line when a scan does not come back clean."""
+    """One stderr line when a scan does not pass."""
     s = r["summary"]
     if s["dangerous"]:
+        error(f"{s['dangerous']} of {s['files']} scanned file(s) are dangerous; nothing was run")
+    elif r.get("strict") and s["needs code"]:
         error(
-            f"{s['dangerous']} of {s['files']} scanned file(s) reach dangerous callables; "
-            "nothing was run"
+            f"{s['needs code']} of {s['files']} scanned file(s) need code outside the "
+            "weights-only allowlist (--strict)"
         )
     elif s["error"]:
         error(f"{s['error']} of {s['files']} scanned file(s) are unreadable or damaged")

@@ -182,10 +182,10 @@ class TensorReader:
 def load_dcp_state_dict(folder: Path) -> dict[str, Any]:
     """All tensors of a DCP folder, through torch's own reader, after our safety check."""
     index = dcp.read_dcp(folder)
-    bad = dcp.unexpected_globals(index)
+    bad = index.survey.names("dangerous")
     if bad:
         raise UnsafeCheckpoint(
-            f"{folder}/.metadata names {bad[0].name}, which no DCP metadata uses; refused "
+            f"{folder}: {bad[0]} (dangerous content in the DCP folder); refused "
             "(run `ckpt scan` on it)"
         )
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner

@@ -316,7 +316,7 @@ HOSTILE_ZIPS: list[tuple[Builder, tuple[str, ...], bool]] = [
     (zip_exec, ("__builtin__.exec", "builtins.exec"), True),
     (zip_eval, ("__builtin__.eval", "builtins.eval"), True),
     (zip_popen, ("commands.Popen", "subprocess.Popen"), True),
-    (zip_import_side_effect, (f"{EVIL_MODULE}.Thing",), False),
+    (zip_import_side_effect, (f"{EVIL_MODULE}.Thing",), True),  # called: dangerous
 ]
 
 # Other hostile files (not torch zips): plain pickles and a legacy torch file.

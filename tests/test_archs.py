@@ -18,7 +18,7 @@ from torch import nn
 from ckpt_tool import archs
 from ckpt_tool.archs import available, build, construct, parse_arch_args, resolve
 from ckpt_tool.errors import ArchBuildFailed, ArchNotFound, InputNotFound, UsageError
-from ckpt_tool.inspect import natural_key
+from ckpt_tool.keys import natural_key
 from ckpt_tool.seed_models import ConvNet, ResNet34, SigmoidNet
 
 MODEL_FILE = """

@@ -89,7 +89,7 @@ def test_dangerous_input_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     evil = H.zip_posix_system(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
     result = run_cli(["average", FROZEN, evil, "-o", tmp_path / "avg.pth"])
-    assert result.exit_code == 1 and "ckpt scan" in result.stderr
+    assert result.exit_code == 3 and "ckpt scan" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert not H.canary_path(tmp_path).exists()
 

@@ -90,8 +90,9 @@ def test_inspect_json_lists_tensors_and_refused_globals(hostile_dir, build, name
     before = _snapshot(hostile_dir)
     result = _invoke("inspect", path, "--json")
     _assert_untouched(hostile_dir, path, before)
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, result.stderr  # the whole report, then exit 3 as scan says
     report = json.loads(result.stdout)
+    assert report["verdict"] == "dangerous"
     _check_tensors(report)
     _check_refused(report, names, dangerous)
 
@@ -103,8 +104,9 @@ def test_inspect_text(hostile_dir, build, names, dangerous, flags):
     before = _snapshot(hostile_dir)
     result = _invoke("inspect", path, *flags)
     _assert_untouched(hostile_dir, path, before)
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 3, result.stderr
     assert "weight" in result.stdout and "bias" in result.stdout
+    assert "DANGEROUS" in result.stdout and "ckpt scan" in result.stderr
 
 
 @pytest.mark.parametrize(("build", "names", "dangerous"), PLAIN_PICKLES, ids=_ids(PLAIN_PICKLES))
@@ -114,11 +116,10 @@ def test_inspect_json_plain_pickle(hostile_dir, build, names, dangerous):
     before = _snapshot(hostile_dir)
     result = _invoke("inspect", path, "--json")
     _assert_untouched(hostile_dir, path, before)
-    if result.exit_code == 0:
+    assert result.exit_code == 3, result.stderr
+    if result.stdout:
         _check_refused(json.loads(result.stdout), names, dangerous)
-    else:
-        assert result.exit_code == 1 and result.stdout == ""
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 @pytest.mark.parametrize(("build", "names", "dangerous"), ALL_HOSTILE, ids=_ids(ALL_HOSTILE))
@@ -154,13 +155,11 @@ def test_inspect_real_process(tmp_path, build, names, dangerous):
     )
     _assert_untouched(tmp_path, path, before)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     if (build, names, dangerous) in WITH_TENSORS:
-        assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
         _check_tensors(report)
         _check_refused(report, names, dangerous)
-    else:
-        assert proc.returncode in (0, 1), proc.stderr
 
 
 @pytest.mark.parametrize(("build", "names", "dangerous"), ALL_HOSTILE, ids=_ids(ALL_HOSTILE))

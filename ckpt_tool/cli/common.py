@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ckpt_tool import render
-from ckpt_tool.errors import EXIT_ERROR, CkptError
+from ckpt_tool.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CkptError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,6 +67,16 @@ WeightsOpt = Annotated[
         "(e.g. state_dict_ema); inspect lists the candidates.",
     ),
 ]
+
+
+def exit_if_dangerous(dangerous: list[str], path: Path) -> None:
+    """A report on a dangerous file is printed, then the command fails like `ckpt scan`."""
+    if dangerous:
+        render.error(
+            f"{path}: dangerous content ({'; '.join(dangerous[:3])}); nothing was run. "
+            f"See `ckpt scan {path}`"
+        )
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def stdout_is_terminal() -> bool:

@@ -25,6 +25,7 @@ from ckpt_tool.cli.common import (
     OutputOpt,
     WeightsOpt,
     boundary,
+    exit_if_dangerous,
 )
 from ckpt_tool.cli.write import finish
 from ckpt_tool.edit import refuse_dangerous
@@ -196,8 +197,10 @@ def count(
         assert ckpt is not None
         report = count_checkpoint(ckpt, depth)
     # counting reads only records (nothing runs), but a hostile file must not look clean
-    report["dangerous"] = [g.name for g in ckpt.dangerous] if ckpt is not None else []
+    report["dangerous"] = ckpt.dangerous if ckpt is not None else []
     if json_out:
         render.print_json(report)
     else:
         render.count_report(report)
+    if ckpt is not None and path is not None:
+        exit_if_dangerous(ckpt.dangerous, path)

@@ -10,7 +10,7 @@ from ckpt_tool import render
 from ckpt_tool.checkpoint import load
 from ckpt_tool.inspect import build_tree, inspect_report, select, tensor_stats
 
-from .common import InputArg, JsonOpt, WeightsOpt, boundary
+from .common import InputArg, JsonOpt, WeightsOpt, boundary, exit_if_dangerous
 
 
 @boundary
@@ -40,17 +40,19 @@ def inspect(
 ) -> None:
     """Show what a checkpoint holds, without loading tensor bytes or running its code.
 
+    Exit 3 (after the report) when the file is dangerous, as `ckpt scan` says.
     Example: ckpt inspect model.pth --depth 2
     """
     ckpt = load(path, weights=weights)
     report = inspect_report(ckpt, filter)
     entries = select(ckpt.tensors, filter)
-    values = tensor_stats(ckpt, entries) if stats else None
+    values = tensor_stats(ckpt, entries) if stats and not ckpt.dangerous else None
     if values is not None:
         for t in report["tensors"]:
             t["stats"] = values.get(t["key"])
     if json_out:
         render.print_json(report)
+        exit_if_dangerous(ckpt.dangerous, path)
         return
     render.inspect_header(report)
     if filter is not None and not entries:
@@ -61,3 +63,4 @@ def inspect(
         render.show(render.module_tree(build_tree(entries, ckpt.modules), depth, values))
     if filter is None:
         render.share_bars(report["top_level"])
+    exit_if_dangerous(ckpt.dangerous, path)

@@ -18,21 +18,37 @@ def scan(
     paths: Annotated[
         list[Path],
         typer.Argument(
-            help="Checkpoint files or folders (scanned recursively: .pth .pt .bin .ckpt .tar "
-            ".pkl .pickle .safetensors, *.index.json, DCP folders).",
+            help="Checkpoint files or folders (scanned recursively: checkpoint suffixes, "
+            "*.index.json, DCP folders, and any file that starts like a zip, pickle or .npy).",
             show_default=False,
         ),
     ],
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Also fail (exit 3) on 'needs code': files that name classes or functions "
+            "outside torch.load(weights_only=True)'s allowlist.",
+        ),
+    ] = False,
+    crc: Annotated[
+        bool,
+        typer.Option(
+            "--crc",
+            help="Also read every tensor record and check its CRC-32 (reads all the bytes).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """List every callable and class a checkpoint's pickles would reach, without running any.
+    """Judge every pickle a file holds, as torch.load would read it, without running any.
 
-    Reads the pickle opcodes statically (zip members, legacy and plain pickles, DCP metadata and
-    items, nested pickles), validates safetensors headers and sharded indexes, and checks zip
-    CRCs. Exit 0: clean (allowlisted or unknown classes only); 3: dangerous content found;
-    1: a file is unreadable or damaged. Example: ckpt scan downloads/ --json
+    Verdicts: safe (only what torch.load(weights_only=True) permits), needs code (classes or
+    functions a real load would import, used the ordinary way: whole models, Namespaces,
+    enums), dangerous (anything else called, code-running names, names computed at load time,
+    files two readers could read differently). Exit 0: safe or needs code; 3: dangerous (and
+    needs code with --strict); 1: unreadable or damaged. Example: ckpt scan downloads/ --json
     """
-    report = scan_paths(paths).as_dict()
+    report = scan_paths(paths, strict=strict, check_crc=crc).as_dict()
     if json_out:
         render.print_json(report)
     else:

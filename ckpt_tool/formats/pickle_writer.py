@@ -202,10 +202,27 @@ class PickleWriter:
             self._global(m.module, m.name)
 
     def _inert(self, obj: Inert) -> None:
+        """Rebuilds it the way the input built it: NEWOBJ (construction, no constructor call),
+        copyreg._reconstructor (protocols 0-1), or a call: only a call the input's verdict
+        allowed (enum members, dates, paths) reaches here; dangerous inputs are refused."""
         cls = type(obj)
-        self._global(cls._ckpt_module, cls._ckpt_name)
-        self._tuple(obj.args)
-        self._op(b"R" if obj.__dict__.get("called", True) else b"\x81")
+        if obj.kwargs:
+            raise WriteFailed(
+                f"{cls.qualified_name()} was built with keyword arguments, which cannot be "
+                "written back yet"
+            )
+        made = obj.__dict__.get("made", "call")
+        if made == "reconstructor":
+            self._global("copyreg", "_reconstructor")
+            base_module, _, base_name = (obj.base or "builtins.object").rpartition(".")
+            self._global(cls._ckpt_module, cls._ckpt_name)
+            self._global(base_module, base_name)
+            self.save(obj.args[0] if obj.args else None)
+            self._op(b"\x87R")
+        else:
+            self._global(cls._ckpt_module, cls._ckpt_name)
+            self._tuple(obj.args)
+            self._op(b"R" if made == "call" else b"\x81")
         self._put(obj)
         if obj.listitems:
             self._appends(obj.listitems)

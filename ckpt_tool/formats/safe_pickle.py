@@ -12,12 +12,17 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import io
+import itertools
 import pickle
-from collections.abc import Callable, Iterable
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ckpt_tool.errors import UnreadableCheckpoint, UnsafeCheckpoint
+
+from .pickle_rules import DANGEROUS, ERROR, RANK, SAFE, Use, runs_code, worst
 
 # --- dtypes -------------------------------------------------------------------------------
 
@@ -81,12 +86,20 @@ DTYPE_ALIASES = {
 }
 
 
+class _Tampering(pickle.UnpicklingError):
+    """BUILD applied to one of our allowlisted stand-ins (a global itself)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"BUILD applied to the global {name}")
+        self.name = name
+
+
 @dataclass(frozen=True)
 class DType:
     """A torch dtype named in a pickle (`torch.float32`), kept as its name."""
 
     def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError("BUILD on a record we created is refused")
+        raise _Tampering(f"torch.{self.name}")
 
     name: str
 
@@ -95,12 +108,12 @@ class DType:
 class TorchMarker:
     """Another torch constant (a layout, memory format, device): kept by name, never imported."""
 
-    def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError("BUILD on a record we created is refused")
-
     module: str
     name: str
     args: tuple[Any, ...] = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Tampering(f"{self.module}.{self.name}")
 
 
 # --- tensor records -------------------------------------------------------------------------
@@ -172,25 +185,76 @@ class TensorRecord:
 # --- inert records for everything else -------------------------------------------------------
 
 
+class _SetState:
+    """`__setstate__` of inert records (BUILD). Reached on an inert *class*, it is BUILD applied
+    to a global itself: recorded as tampering, since a real load would overwrite attributes of
+    the loader's shared class object."""
+
+    def __get__(self, obj: Any, cls: Any) -> Callable[[Any], None]:
+        if obj is None:
+
+            def tamper(state: Any) -> None:
+                cls._ckpt_use.built = True
+
+            return tamper
+
+        def setstate(state: Any) -> None:
+            obj.__dict__["state"] = state
+
+        return setstate
+
+
 class Inert:
-    """An instance of a class the file names but we do not import: its name and state only."""
+    """An instance of a class the file names but we do not import: its name and state only.
+
+    Each read makes its own subclasses (`inert_class`), each holding the `Use` it reports to,
+    so every way the unpickler touches a name is recorded: NEWOBJ reaches `__new__` only, a
+    call (REDUCE, INST or OBJ with arguments) reaches `__init__` too, BUILD reaches
+    `__setstate__`, and calling an instance is a call of what a call returned.
+    """
 
     _ckpt_module: ClassVar[str] = ""
     _ckpt_name: ClassVar[str] = ""
+    _ckpt_use: ClassVar[Use]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Inert:
         obj = object.__new__(cls)
         obj.__dict__.update(
-            {"args": args, "kwargs": kwargs, "state": None, "listitems": [], "dictitems": {}}
+            {
+                "args": args,
+                "kwargs": kwargs,
+                "state": None,
+                "listitems": [],
+                "dictitems": {},
+                "made": "new",  # new (NEWOBJ) | call | reconstructor
+                "base": None,  # copyreg._reconstructor's base class name, if not object
+            }
         )
+        use = cls.__dict__.get("_ckpt_use")
+        if use is not None:
+            use.constructed += 1
         return obj
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Reached by REDUCE (a call), not by NEWOBJ (cls.__new__ only): the writer repeats it.
-        self.__dict__["called"] = True
+        # Reached by a call, not by NEWOBJ (cls.__new__ only): the writer repeats it.
+        self.__dict__["made"] = "call"
+        use = type(self).__dict__.get("_ckpt_use")
+        if use is not None:
+            use.constructed -= 1
+            use.calls += 1
+            values = (*args, *kwargs.values())
+            if not all(is_literal(v) for v in values):
+                use.nonliteral_calls += 1
+            elif len(values) == 1 and not kwargs:
+                use.one_literal_calls += 1
 
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__["state"] = state
+    __setstate__ = _SetState()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Inert:
+        use = type(self).__dict__.get("_ckpt_use")
+        if use is not None:
+            use.result_called = True
+        return _RESULT(*args, **kwargs)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.__dict__["dictitems"][key] = value
@@ -214,15 +278,21 @@ class Inert:
     state: Any
     listitems: list[Any]
     dictitems: dict[Any, Any]
+    made: str
+    base: str | None
 
 
-def inert_class(module: str, name: str) -> type[Inert]:
-    """A fresh Inert subclass standing for `module.name`."""
-    return type(
-        name if name.isidentifier() else "Inert",
-        (Inert,),
-        {"_ckpt_module": module, "_ckpt_name": name, "__module__": "ckpt_tool.inert"},
-    )
+def inert_class(module: str, name: str, use: Use | None = None) -> type[Inert]:
+    """A fresh Inert subclass standing for `module.name`, reporting to `use`."""
+    body: dict[str, Any] = {"_ckpt_module": module, "_ckpt_name": name}
+    body["__module__"] = "ckpt_tool.inert"
+    if use is not None:
+        body["_ckpt_use"] = use
+    return type(name if name.isidentifier() else "Inert", (Inert,), body)
+
+
+# What calling an inert instance gives back: already dangerous, so one shared, unreported class.
+_RESULT = inert_class("<result>", "<result>")
 
 
 def global_name(obj: Any) -> str | None:
@@ -234,285 +304,52 @@ def global_name(obj: Any) -> str | None:
     return None
 
 
-# --- classification ----------------------------------------------------------------------------
-
-DANGEROUS_MODULES = frozenset(
-    [
-        "os",
-        "posix",
-        "nt",
-        "subprocess",
-        "sys",
-        "runpy",
-        "importlib",
-        "pickle",
-        "_pickle",
-        "cPickle",
-        "marshal",
-        "socket",
-        "shutil",
-        "ctypes",
-        "pty",
-        "code",
-        "codeop",
-        "multiprocessing",
-        "webbrowser",
-        "urllib",
-        "urllib2",
-        "requests",
-        "http",
-        "httplib",
-        "ftplib",
-        "telnetlib",
-        "smtplib",
-        "asyncio",
-        "signal",
-        "types",
-        "pip",
-        "setuptools",
-        "distutils",
-        "pkgutil",
-        "zipimport",
-        "site",
-        "imp",
-        "pdb",
-        "bdb",
-        "timeit",
-        "trace",
-        "profile",
-        "cProfile",
-        "idlelib",
-        "commands",
-        "popen2",
-        "platform",
-        "tempfile",
-        "io",
-        "_io",
-        "pathlib",
-        "glob",
-        "fileinput",
-        "dill",
-        "joblib",
-        "cloudpickle",
-        "operator",
-        "functools",
-        "_operator",
-        "_functools",
-        "inspect",
-        "threading",
-        "_thread",
-        "gc",
-        "weakref",
-        "sysconfig",
-        "ensurepip",
-        "venv",
-        "linecache",
-        "tarfile",
-        "zipfile",
-        "sqlite3",
-        "mmap",
-        "fcntl",
-        "resource",
-        "selectors",
-        "ssl",
-        "xmlrpc",
-        "paramiko",
-        # found missing while writing `ckpt scan`: each runs code, loads libraries or pickles
-        "pydoc",
-        "copyreg",
-        "copy_reg",
-        "_ctypes",
-        "_imp",
-        "_frozen_importlib",
-        "_frozen_importlib_external",
-        "_posixsubprocess",
-        "_winapi",
-        "msvcrt",
-        "winreg",
-        "_socket",
-        "_ssl",
-        "_signal",
-        "_multiprocessing",
-        "_posixshmem",
-        "_sqlite3",
-        "shelve",
-        "dbm",
-        "tkinter",
-        "_tkinter",
-        "mailcap",
-        "socketserver",
-        "wsgiref",
-        "imaplib",
-        "poplib",
-        "nntplib",
-        "concurrent",
-        "atexit",
-        "zipapp",
-        "yaml",
-    ]
-)
-DANGEROUS_BUILTINS = frozenset(
-    [
-        "eval",
-        "exec",
-        "compile",
-        "getattr",
-        "setattr",
-        "delattr",
-        "__import__",
-        "open",
-        "input",
-        "breakpoint",
-        "globals",
-        "locals",
-        "vars",
-        "execfile",
-        "file",
-        "reload",
-        "apply",
-        "__build_class__",
-        "memoryview",
-        "help",
-        "exit",
-        "quit",
-    ]
-)
-# Loaders and code paths inside otherwise-trusted packages that run or load code.
-DANGEROUS_NAMES = frozenset(
-    {
-        "torch.load",
-        "torch.jit.load",
-        "torch.jit._script.RecursiveScriptModule",
-        "torch.serialization.load",
-        "torch._C._jit_load_from_buffer",
-        "torch.hub.load",
-        "torch.hub.load_state_dict_from_url",
-        "torch.package.PackageImporter",
-        "torch.utils.cpp_extension.load",
-        "torch.utils.cpp_extension.load_inline",
-        "torch._dynamo.eval_frame.disable",
-        "torch.fx.graph_module.reduce_graph_module",
-        "torch.fx.graph_module._deserialize_graph_module",
-        "numpy.load",
-        "numpy.loadtxt",
-        "numpy.fromfile",
-        "numpy.testing._private.utils.runstring",
-        "numpy.f2py.crackfortran.myeval",
-        "numpy.distutils.exec_command.exec_command",
-        "numpy.lib.npyio.load",
-        "_codecs.decode",
-        "torch.storage._load_from_bytes",  # torch.load(weights_only=False) of its argument
-        "torch.ops.load_library",
-        "torch.classes.load_library",
-        "numpy.loads",
-        "numpy.core.multiarray.loads",
-        "numpy.core.numeric.loads",
-        "numpy.lib._npyio_impl.load",
-        "numpy.lib.format.read_array",
-        "numpy.lib.format.open_memmap",
-        "numpy.memmap",
-        "numpy.save",
-        "numpy.savez",
-        "numpy.savetxt",
-        "pandas.read_pickle",
-        "pandas.eval",
-    }
-)
-# Whole subtrees that compile, load or run code (checked after the allowlist).
-DANGEROUS_PREFIXES = (
-    "torch.jit.",
-    "torch._inductor.",
-    "torch.package.",
-    "torch.hub.",
-    "torch.utils.cpp_extension.",
-    "torch._dynamo.",
-    "torch.fx.",
-    "torch.export.",
-    "torch.distributed.rpc.",
-    "torch.serialization.",
-    "torch.multiprocessing.",
-    "torch.ops.",
-    "torch._ops.",
-    "torch.classes.",
-    "torch._C._jit",
-    "numpy.f2py.",
-    "numpy.distutils.",
-    "numpy.testing.",
-    "numpy.ctypeslib.",
-    "logging.config.",
-    "pandas.io.pickle.",
-    "pandas.core.computation.",
-)
-# ... except these inside them, which only return their argument (TorchScript's debug pickles).
-BENIGN_PREFIXES = ("torch.jit._pickle.",)
-# Classes that carry plain data: recorded inert like any unknown class, but not worth a flag.
-KNOWN_DATA = frozenset(
-    {
-        "argparse.Namespace",
-        "pathlib.PosixPath",
-        "pathlib.WindowsPath",
-        "pathlib.PurePosixPath",
-        "pathlib.PureWindowsPath",
-        "datetime.datetime",
-        "datetime.date",
-        "datetime.timedelta",
-        "datetime.timezone",
-        "decimal.Decimal",
-        "uuid.UUID",
-        "enum.Enum",
-        "fractions.Fraction",
-        "torch.Tensor",
-        "torch.nn.parameter.Parameter",
-        "torch.nn.Parameter",
-        "torch.serialization._get_layout",
-        "torch.device",
-        "torch.Size",
-    }
-)
+def children(obj: Any) -> Iterator[Any]:
+    """Direct children of a container or inert record, for iterative walks."""
+    if isinstance(obj, dict):
+        yield from obj.keys()
+        yield from obj.values()
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        yield from obj
+    elif isinstance(obj, Inert):
+        yield from obj.args
+        yield from obj.kwargs.values()
+        yield obj.state
+        yield from obj.listitems
+        yield from obj.dictitems.keys()
+        yield from obj.dictitems.values()
+    elif isinstance(obj, TensorRecord) and obj.storage is not None:
+        yield obj.storage
 
 
-def classify_global(qualified: str) -> str:
-    """'safe', 'unknown' or 'dangerous' for a `module.name` a pickle references."""
-    if qualified in ALLOWLIST or qualified in KNOWN_DATA:
-        return "safe"
-    module, _, name = qualified.rpartition(".")
-    root = module.split(".")[0]
-    if (
-        qualified in DANGEROUS_NAMES
-        or root in DANGEROUS_MODULES
-        or (qualified.startswith(DANGEROUS_PREFIXES) and not qualified.startswith(BENIGN_PREFIXES))
-    ):
-        return "dangerous"
-    if root in ("builtins", "__builtin__", "__builtins__") and (
-        name in DANGEROUS_BUILTINS or name.startswith("_")
-    ):
-        return "dangerous"
-    if name.startswith("__") and name.endswith("__"):
-        return "dangerous"
-    if root in ("builtins", "__builtin__", "__builtins__"):
-        # Any builtin not on the allowlist is a function we will not emulate: treat as hostile.
-        return "dangerous"
-    return "unknown"
+def walk(root: Any) -> Iterator[Any]:
+    """Every object reachable from root, once each, without recursion (cycles are fine)."""
+    seen: set[int] = set()
+    queue: deque[Any] = deque([root])
+    while queue:
+        obj = queue.popleft()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        yield obj
+        queue.extend(children(obj))
 
 
-def classify_ref(module: str, name: str) -> str:
-    """classify_global for a GLOBAL's (module, name) pair.
+MAX_LITERAL_ITEMS = 64
 
-    From protocol 4 on, pickle resolves a dotted name as an attribute path from the module, so
-    `torch` + `serialization.os.system` is os.system: every step of the path is judged too.
-    """
-    kind = classify_global(f"{module}.{name}")
-    if kind == "safe" or "." not in name:
-        return kind
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        if part.startswith("__") and part.endswith("__"):
-            return "dangerous"
-        if i < len(parts) - 1 and part.lstrip("_") in DANGEROUS_MODULES:
-            return "dangerous"  # a module the path passes through (`_os`, `sys`)
-        if classify_global(f"{module}.{'.'.join(parts[: i + 1])}") == "dangerous":
-            return "dangerous"
-    return kind
+
+def is_literal(value: Any, depth: int = 0) -> bool:
+    """A value written in the pickle itself (numbers, strings, bytes, small tuples of them), or
+    what a call with such values built: what enum members and dates are called with."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, DType)):
+        return True
+    if isinstance(value, Inert):
+        return (
+            value.made == "call" and depth < 3 and all(is_literal(a, depth + 1) for a in value.args)
+        )
+    if isinstance(value, (tuple, list, frozenset, set)) and depth < 3:
+        return len(value) <= MAX_LITERAL_ITEMS and all(is_literal(v, depth + 1) for v in value)
+    return False
 
 
 # --- allowlisted implementations ----------------------------------------------------------------
@@ -692,17 +529,22 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> An
 
 
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
-    # copyreg._reconstructor(cls, object, None): object.__new__(cls) for our inert classes only.
+    # copyreg._reconstructor(cls, base, state): base.__new__(cls, state) (protocols 0 and 1).
     if isinstance(cls, type) and issubclass(cls, Inert):
-        return cls()
-    if cls is collections.OrderedDict:
+        obj = cls.__new__(cls) if state is None else cls.__new__(cls, state)
+        obj.__dict__["made"] = "reconstructor"
+        base_name = getattr(base, "ckpt_name", None) or global_name(base) or "builtins.object"
+        obj.__dict__["base"] = base_name
+        return obj
+    if getattr(cls, "ckpt_name", None) == "collections.OrderedDict":
         return collections.OrderedDict()
     raise pickle.UnpicklingError("copyreg._reconstructor of a non-inert class")
 
 
 def _newobj(cls: Any, *args: Any) -> Any:
+    # copyreg.__newobj__(cls, *args) is cls.__new__(cls, *args): construction, not a call
     if isinstance(cls, type) and issubclass(cls, Inert):
-        return cls(*args)
+        return cls.__new__(cls, *args)
     raise pickle.UnpicklingError("copyreg.__newobj__ of a non-inert class")
 
 
@@ -837,6 +679,25 @@ def _get_layout(name: Any) -> TorchMarker:
     return TorchMarker("torch", str(name))
 
 
+def _same(data: Any, *_: Any) -> Any:
+    return data
+
+
+def _tensor_from_id(data: Any) -> Any:
+    return data if isinstance(data, int) else None
+
+
+# TorchScript's own pickles (constants, debug info) call these; each returns its argument.
+TORCHSCRIPT_HELPERS = {
+    "torch.jit._pickle.build_intlist": _same,
+    "torch.jit._pickle.build_tensorlist": _same,
+    "torch.jit._pickle.build_doublelist": _same,
+    "torch.jit._pickle.build_boollist": _same,
+    "torch.jit._pickle.build_tensor_from_id": _tensor_from_id,
+    "torch.jit._pickle.restore_type_tag": _same,
+}
+
+
 def _build_allowlist() -> dict[str, Any]:
     allow: dict[str, Any] = {
         "collections.OrderedDict": _ordered_dict,
@@ -878,6 +739,7 @@ def _build_allowlist() -> dict[str, Any]:
         "numpy._core.numeric._frombuffer": _numpy_frombuffer,
         "numpy._core.multiarray.scalar": _numpy_scalar,
     }
+    allow.update(TORCHSCRIPT_HELPERS)
     for storage in STORAGE_DTYPES:
         allow[f"torch.{storage}"] = TorchMarker("torch", storage)
         allow[f"torch.storage.{storage}"] = TorchMarker("torch", storage)
@@ -896,25 +758,35 @@ def _build_allowlist() -> dict[str, Any]:
 
 
 ALLOWLIST = _build_allowlist()
-_RESOLVE = ALLOWLIST
 
 
 class SafeCallable:
-    """An allowlisted function as one pickle sees it: callable, but BUILD cannot touch it."""
+    """An allowlisted function as one pickle sees it: callable, but BUILD cannot touch it.
 
-    __slots__ = ("fn",)
+    Strings it returns are remembered as computed: a STACK_GLOBAL naming a module with one of
+    them names something no scanner can know in advance.
+    """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    __slots__ = ("_computed", "ckpt_name", "fn")
+
+    def __init__(
+        self, fn: Callable[..., Any], name: str, computed: dict[int, Any] | None = None
+    ) -> None:
         self.fn = fn
+        self.ckpt_name = name
+        self._computed = computed
 
     def __call__(self, *args: Any) -> Any:
-        return self.fn(*args)
+        result = self.fn(*args)
+        if isinstance(result, str) and self._computed is not None:
+            self._computed[id(result)] = result
+        return result
 
     def __setstate__(self, state: Any) -> None:
-        raise pickle.UnpicklingError("BUILD on an allowlisted function is refused")
+        raise _Tampering(self.ckpt_name)
 
 
-def _fresh(value: Any) -> Any:
+def _fresh(name: str, value: Any, computed: dict[int, Any]) -> Any:
     """A per-read stand-in for an allowlist entry, so a hostile BUILD (which sets attributes on
     whatever object is on the stack) can never alter state shared with later reads."""
     if isinstance(value, DType):
@@ -925,36 +797,54 @@ def _fresh(value: Any) -> Any:
         return inert_class("builtins", "object")
     if isinstance(value, type):
         return type(value.__name__, (value,), {"__module__": value.__module__})
-    return SafeCallable(value)
+    return SafeCallable(value, name, computed)
 
 
 # --- the unpickler ------------------------------------------------------------------------------
 
 
 @dataclass
-class GlobalRef:
-    """A global a pickle referenced, with our verdict on it."""
+class Problem:
+    """Something about a pickle that is not a global: a read that broke off, a name the
+    unpickler computed, an extension code."""
 
-    name: str
-    kind: str  # safe | unknown | dangerous
-    count: int = 1
+    verdict: str  # needs code | dangerous | error
+    why: str
+    message: str
+    offset: int | None = None
 
 
 @dataclass
 class PickleResult:
-    """What a restricted read produced: the object graph and what it referenced."""
+    """What a restricted read produced: the object graph, every global used and how."""
 
     root: Any
-    globals: dict[str, GlobalRef] = field(default_factory=dict)
+    globals: dict[str, Use] = field(default_factory=dict)
     storages: dict[str, StorageRef] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    failure: str | None = None  # why the read broke off (None: it reached STOP)
+    start: int = 0  # where in its buffer the pickle began, and where reading ended
+    end: int = 0
+    foreign_pids: int = 0  # persistent ids that are not torch storages
 
     @property
-    def refused(self) -> list[GlobalRef]:
-        return [g for g in self.globals.values() if g.kind != "safe"]
+    def complete(self) -> bool:
+        return self.failure is None
 
-    @property
-    def dangerous(self) -> list[GlobalRef]:
-        return [g for g in self.globals.values() if g.kind == "dangerous"]
+    def verdicts(
+        self, data_classes: frozenset[str] = frozenset()
+    ) -> list[tuple[Use, str, str, str]]:
+        """(use, verdict, why, message) for every global, in the order first named."""
+        return [(u, *u.judge(data_classes)) for u in self.globals.values()]
+
+    def verdict(self, data_classes: frozenset[str] = frozenset()) -> str:
+        return worst(
+            *(v for _, v, _, _ in self.verdicts(data_classes)),
+            *(p.verdict for p in self.problems if p.verdict in RANK),
+        )
+
+    def names(self, verdict: str, data_classes: frozenset[str] = frozenset()) -> list[str]:
+        return [u.name for u, v, _, _ in self.verdicts(data_classes) if v == verdict]
 
 
 def _storage_dtype(storage_type: Any) -> str:
@@ -965,41 +855,117 @@ def _storage_dtype(storage_type: Any) -> str:
     raise pickle.UnpicklingError(f"unknown storage type {storage_type!r}")
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """pickle.Unpickler whose find_class never imports and whose persistent ids are storages."""
+class BufferStream:
+    """A read-only stream over bytes or an mmap, without `peek`: CPython's unpickler then asks
+    for exactly the bytes each opcode needs, so `tell()` says where it is."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, buf: Any, pos: int = 0) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.size = len(buf)
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        data = bytes(self.buf[self.pos : end])
+        self.pos = max(self.pos, end)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readline(self, limit: int = -1) -> bytes:
+        stop = self.size if limit is None or limit < 0 else min(self.size, self.pos + limit)
+        idx = self.buf.find(b"\n", self.pos, stop)
+        end = stop if idx < 0 else idx + 1
+        data = bytes(self.buf[self.pos : end])
+        self.pos = end
+        return data
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = {0: pos, 1: self.pos + pos, 2: self.size + pos}[whence]
+        return self.pos
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """CPython's own unpickler (the one `torch.load(weights_only=False)` and `pickle.load` run,
+    so it accepts exactly what they accept), whose find_class never imports and records how each
+    name is used, and whose persistent ids are storages."""
+
+    def __init__(self, stream: Any, buf: Any) -> None:
         super().__init__(stream, encoding="latin1")
+        self.stream = stream
+        self.buf = buf
         self.result = PickleResult(root=None)
         self._inert_types: dict[str, type[Inert]] = {}
         self._fresh: dict[str, Any] = {}
+        self._computed: dict[int, Any] = {}
+
+    def _is_computed(self, value: Any) -> bool:
+        return self._computed.get(id(value)) is value
 
     def find_class(self, module: str, name: str) -> Any:
+        computed = self._is_computed(module) or self._is_computed(name)
+        written = f"{module}.{name}"
         # py2 names as torch maps them (e.g. __builtin__.set); the new names do not exist in py2,
-        # so mapping unconditionally is harmless.
+        # so mapping unconditionally only ever judges more, never less.
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         elif module in _compat_pickle.IMPORT_MAPPING:
             module = _compat_pickle.IMPORT_MAPPING[module]
         qualified = f"{module}.{name}"
-        ref = self.result.globals.get(qualified)
-        if ref is None:
-            self.result.globals[qualified] = GlobalRef(qualified, classify_ref(module, name))
-        else:
-            ref.count += 1
-        if qualified in _RESOLVE:
+        use = self.result.globals.get(qualified)
+        if use is None:
+            opcode, offset = self._where(written)
+            use = Use(qualified, module, name, opcode, offset)
+            use.written = written if written != qualified else None
+            use.allowlisted = qualified in ALLOWLIST
+            self.result.globals[qualified] = use
+        use.count += 1
+        use.computed = use.computed or computed
+        if use.allowlisted:
             if qualified not in self._fresh:
-                self._fresh[qualified] = _fresh(_RESOLVE[qualified])
+                self._fresh[qualified] = _fresh(qualified, ALLOWLIST[qualified], self._computed)
             return self._fresh[qualified]
-        if qualified not in self._inert_types:
-            self._inert_types[qualified] = inert_class(module, name)
-        return self._inert_types[qualified]
+        cls = self._inert_types.get(qualified)
+        if cls is None:
+            cls = self._inert_types[qualified] = inert_class(module, name, use)
+        return cls
+
+    def _where(self, written: str) -> tuple[str, int | None]:
+        """The opcode that named a global, and its offset, from where the reader stands now.
+
+        Exact unless the pickle is framed (protocol 4+), when the unpickler has read the whole
+        frame: then the offset is where the name is written.
+        """
+        pos, buf = self.stream.tell(), self.buf
+        if pos >= 1 and buf[pos - 1] == 0x93:
+            return "STACK_GLOBAL", pos - 1
+        module, _, name = written.partition(".")
+        raw = f"{module}\n{name}\n".encode("utf-8", "surrogateescape")
+        start = pos - len(raw) - 1
+        if start >= 0 and buf[start + 1 : pos] == raw:
+            op = buf[start : start + 1]
+            return {b"c": "GLOBAL", b"i": "INST"}.get(bytes(op), "GLOBAL"), start
+        for n, code in ((1, 0x82), (2, 0x83), (4, 0x84)):
+            if pos - n - 1 >= 0 and buf[pos - n - 1] == code:
+                return "EXT", pos - n - 1
+        found = buf.rfind(raw, 0, pos)
+        if found > 0:
+            return "GLOBAL", found - 1
+        found = buf.rfind(name.encode("utf-8", "surrogateescape"), 0, pos)
+        return "STACK_GLOBAL", found if found >= 0 else None
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid:
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
         if pid[0] != "storage":
             # legacy torch files also pickle module sources ("module", type, file, source)
+            self.result.foreign_pids += 1
             return Inert()
         if len(pid) < 5:
             raise pickle.UnpicklingError("storage persistent id too short")
@@ -1014,32 +980,140 @@ class SafeUnpickler(pickle.Unpickler):
         self.result.storages[key] = ref
         return ref
 
+    def tampered(self, name: str) -> None:
+        """BUILD on an allowlisted stand-in: record it on the global it stands for."""
+        use = self.result.globals.get(name)
+        if use is not None:
+            use.built = True
+        else:
+            self.result.problems.append(
+                Problem(DANGEROUS, "tampering", f"BUILD applied to the global {name}")
+            )
+
+
+def read_pickle(
+    buf: Any, start: int = 0, data_classes: frozenset[str] = frozenset()
+) -> PickleResult:
+    """Run one pickle starting at `start` of a buffer (bytes or mmap) through the restricted
+    unpickler; never raises for what the bytes hold: a read that breaks off is recorded."""
+    stream: Any = io.BytesIO(buf) if isinstance(buf, bytes) else BufferStream(buf)
+    stream.seek(start)
+    unpickler = SafeUnpickler(stream, buf)
+    result = unpickler.result
+    result.start = start
+    try:
+        result.root = unpickler.load()
+    except RecursionError:
+        result.failure = "pickle nests too deeply to read"
+    except MemoryError:
+        result.failure = "pickle asks for more memory than it holds"
+    except _Tampering as exc:
+        unpickler.tampered(exc.name)
+        result.failure = str(exc)
+    except Exception as exc:  # any failure inside the VM is a corrupt or hostile file
+        result.failure = _short(exc)
+        _explain_failure(result, result.failure, stream.tell())
+    result.end = stream.tell()
+    if result.failure is not None:
+        _judge_failure(result, buf, data_classes)
+    return result
+
+
+def _explain_failure(result: PickleResult, text: str, pos: int) -> None:
+    """Failures that only a real load gets past, because it has the real objects."""
+    if "STACK_GLOBAL requires str" in text:
+        result.problems.append(
+            Problem(
+                DANGEROUS,
+                "computed",
+                "STACK_GLOBAL with a module or name computed at load time: a real load may "
+                "import anything",
+                pos,
+            )
+        )
+    elif "extension code" in text:
+        result.problems.append(
+            Problem(
+                DANGEROUS,
+                "extension-code",
+                "an EXT opcode names a global by a number the loading process's copyreg "
+                "registry resolves: a real load may import anything",
+                pos,
+            )
+        )
+
+
+def _judge_failure(result: PickleResult, buf: Any, data_classes: frozenset[str]) -> None:
+    """A read that broke off is never a pass. If the bytes name code-running globals anywhere
+    (a real load may read on where this reader stopped), it is dangerous; otherwise an error:
+    after naming classes outside the allowlist (a real load may already have imported them),
+    or plain damage."""
+    if any(p.verdict == DANGEROUS for p in result.problems):
+        return
+    named = names_in_bytes(buf, result.start, min(len(buf), result.start + MAX_NAME_SEARCH))
+    hostile = [n for n in named if runs_code(*n.split(":"))]
+    if hostile:
+        shown = ", ".join(n.replace(":", ".") for n in hostile[:3])
+        result.problems.append(
+            Problem(
+                DANGEROUS,
+                "unreadable",
+                f"the pickle breaks off ({result.failure}) and its bytes name {shown}",
+                result.end,
+            )
+        )
+        return
+    unsafe = [u.name for u in result.globals.values() if u.judge(data_classes)[0] != SAFE]
+    if unsafe:
+        message = (
+            f"the pickle breaks off ({result.failure}) after naming {', '.join(unsafe[:3])}: "
+            "a real load may already have imported it"
+        )
+    else:
+        message = f"not a readable pickle ({result.failure})"
+    result.problems.append(Problem(ERROR, "unreadable", message, result.end))
+
+
+MAX_NAME_SEARCH = 64 << 20
+_TEXT_GLOBAL = re.compile(rb"[ci]([A-Za-z_][\w.]{0,200})\n([A-Za-z_][\w.]{0,200})\n")
+_STRING_TOKEN = re.compile(rb"\x8c([\x01-\xff])|X([\x01-\xff]\x00\x00\x00)|V([A-Za-z_][\w.]*)\n")
+
+
+def names_in_bytes(buf: Any, start: int, end: int) -> list[str]:
+    """`module:name` pairs a broken pickle's bytes spell (text GLOBALs, and consecutive string
+    literals as STACK_GLOBAL takes them): a second look that can only raise alarms."""
+    data = bytes(buf[start:end])
+    found = [f"{m.decode('latin1')}:{n.decode('latin1')}" for m, n in _TEXT_GLOBAL.findall(data)]
+    tokens: list[str] = []
+    for m in _STRING_TOKEN.finditer(data):
+        if m.group(3) is not None:
+            text = m.group(3)
+        else:
+            size = m.group(1)[0] if m.group(1) is not None else int.from_bytes(m.group(2), "little")
+            text = data[m.end() : m.end() + size]
+        word = text.decode("latin1")
+        if word.replace(".", "").replace("_", "a").isalnum():
+            tokens.append(word)
+    found += [f"{a}:{b}" for a, b in itertools.pairwise(tokens)]
+    return found
+
 
 def safe_loads(data: bytes, what: str) -> PickleResult:
-    """Read one pickle with the restricted reader; `what` names it in error messages."""
-    return safe_load_stream(io.BytesIO(data), what)
+    """Read one pickle with the restricted reader; refuse one that does not read to its end."""
+    return raise_unreadable(read_pickle(data), what)
 
 
-def safe_load_stream(stream: Any, what: str) -> PickleResult:
-    """Read one pickle from a binary stream positioned at it (legacy files hold several)."""
-    unpickler = SafeUnpickler(stream)
-    try:
-        root = unpickler.load()
-    except RecursionError:
-        raise UnreadableCheckpoint(f"{what}: pickle nests too deeply to read") from None
-    except MemoryError:
-        raise UnreadableCheckpoint(f"{what}: pickle asks for more memory than it holds") from None
-    except Exception as exc:  # any failure inside the VM is a corrupt or hostile file
-        dangerous = unpickler.result.dangerous
-        if dangerous:  # hostile, not merely damaged: say so, and where to look
-            names = ", ".join(g.name for g in dangerous[:3])
-            raise UnsafeCheckpoint(
-                f"{what}: refers to dangerous callables ({names}) and is not a readable pickle "
-                f"({_short(exc)}); refused. Nothing was run. See `ckpt scan` for details"
-            ) from None
-        raise UnreadableCheckpoint(f"{what}: not a readable pickle ({_short(exc)})") from None
-    unpickler.result.root = root
-    return unpickler.result
+def raise_unreadable(result: PickleResult, what: str) -> PickleResult:
+    """The result, if the read reached STOP; else the one-line error for it."""
+    if result.failure is None:
+        return result
+    if result.verdict() == DANGEROUS:
+        names = ", ".join(result.names(DANGEROUS)[:3]) or "load-time code"
+        raise UnsafeCheckpoint(
+            f"{what}: reaches dangerous callables ({names}) and is not a readable pickle "
+            f"({result.failure}); refused. Nothing was run. See `ckpt scan` for details"
+        )
+    raise UnreadableCheckpoint(f"{what}: not a readable pickle ({result.failure})")
 
 
 def _short(exc: BaseException) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckpt_tool.errors import UnreadableCheckpoint
+from ckpt_tool.errors import UnreadableCheckpoint, UnsafeCheckpoint
 
 # safetensors dtype -> our (torch) dtype name
 ST_DTYPES = {
@@ -190,8 +190,9 @@ def read_index(path: Path) -> ShardIndex:
     for shard in set(weight_map.values()):
         target = (folder / shard).resolve()
         if target.parent != folder or "/" in shard or "\\" in shard:
-            raise UnreadableCheckpoint(
-                f"{path}: shard {shard!r} points outside the index's folder; refused"
+            raise UnsafeCheckpoint(
+                f"{path}: shard {shard!r} points outside the index's folder; refused "
+                f"(see `ckpt scan {path}`)"
             )
         if not target.is_file():
             raise UnreadableCheckpoint(f"{path}: shard {shard!r} is missing from {folder}")

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
+from ckpt_tool.formats.pickle_rules import DANGEROUS, NEEDS_CODE
+from ckpt_tool.formats.survey import survey_file
 
 from . import pickle_writer
 from .chunks import Chunk, ChunkedStream, ChunkPipeline
@@ -457,6 +459,7 @@ def write_pth(
                 zw.close()
                 size = f.tell()
                 syncer.finish()
+                check_output_safety(tmp, target, sources.ckpt)
                 if verify:
                     verify_pth(tmp, target, expected_crcs, expect, weights_key, checker, zw)
             finally:
@@ -540,6 +543,26 @@ def _alias_groups(records: dict[str, TensorRecord]) -> list[list[str]]:
         if r.storage is not None:
             groups.setdefault(id(r.storage), []).append(k)
     return sorted(g for g in groups.values() if len(g) > 1)
+
+
+def check_output_safety(tmp: Path, target: Path, source: Checkpoint | None) -> None:
+    """Re-scan a written pickle: never dangerous, and never naming code its input did not.
+
+    Runs even with --no-verify: it reads only the output's pickles.
+    """
+    back = survey_file(tmp)
+    if back.verdict == DANGEROUS:
+        raise WriteFailed(
+            f"{target}: the output would be dangerous ({'; '.join(back.names(DANGEROUS)[:3])}); "
+            "nothing was written"
+        )
+    allowed = set(source.needs_code) if source is not None else set()
+    new = [n for n in back.names(NEEDS_CODE) if n not in allowed]
+    if new:
+        raise WriteFailed(
+            f"{target}: the output would name code its input does not ({', '.join(new[:3])}); "
+            "nothing was written"
+        )
 
 
 def verify_pth(
