@@ -541,10 +541,10 @@ def _load_numpy(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
             raise UnreadableCheckpoint(
                 f"{ckpt.path}: array {key!r} has dtype {arr.descr!r}, which ckpt does not read"
             )
-        if arr.big_endian or arr.fortran:
+        if arr.big_endian:
             raise UnreadableCheckpoint(
-                f"{ckpt.path}: array {key!r} is big-endian or Fortran-ordered; rewrite it with "
-                "numpy (np.ascontiguousarray, astype('<...')) first"
+                f"{ckpt.path}: array {key!r} is big-endian; rewrite it with numpy "
+                "(arr.astype(arr.dtype.newbyteorder('<'))) first"
             )
         numel = 1
         for d in arr.shape:
@@ -554,9 +554,12 @@ def _load_numpy(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
             ckpt._locations[storage.key] = Location(
                 ckpt.path, arr.data_offset, numel * DTYPE_SIZES[arr.dtype]
             )
-        records[key] = TensorRecord(
-            storage, 0, arr.shape, contiguous_stride(arr.shape), arr.dtype, rebuild="numpy"
-        )
+        stride = (
+            tuple(reversed(contiguous_stride(tuple(reversed(arr.shape)))))
+            if arr.fortran
+            else contiguous_stride(arr.shape)
+        )  # Fortran order: the first index varies fastest
+        records[key] = TensorRecord(storage, 0, arr.shape, stride, arr.dtype, rebuild="numpy")
     if not records:
         raise UnreadableCheckpoint(f"{ckpt.path}: numpy file holds no arrays ckpt can read")
     ckpt.layout = "tensor" if ckpt.format == "numpy" else "state_dict"
@@ -564,10 +567,23 @@ def _load_numpy(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
 
 
 def _load_file(ckpt: Checkpoint, weights: str | None) -> None:
-    """Any file: one survey of its bytes decides the format and the verdict; then its layout."""
+    """Any file: one survey of its bytes decides the format and the verdict; then its layout.
+
+    A dangerous file whose layout cannot be read is refused as dangerous, not as damaged:
+    the verdict is what a user must not miss.
+    """
     survey = survey_file(ckpt.path)
     ckpt.survey = survey
     ckpt.format = survey.format
+    try:
+        _read_layout(ckpt, survey, weights)
+    except (UnreadableCheckpoint, WeightsNotFound):
+        if survey.verdict != DANGEROUS:
+            raise
+        _main_pickle(ckpt, Survey(ckpt.path, survey.format, survey.findings))
+
+
+def _read_layout(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
     if survey.format in ("torch-zip", "torchscript", "torch-export"):
         _load_zip(ckpt, survey, weights)
     elif survey.format in ("pickle", "torch-legacy"):

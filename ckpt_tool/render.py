@@ -642,12 +642,12 @@ def scan_report(r: dict[str, Any]) -> None:
                     f"[dim]{safe(x['why'])}:[/] {safe(x['message'])}",
                 )
             out.print(table)
-        safe_globals = [x for x in f["findings"] if x["verdict"] == "safe" and x["name"]]
-        if safe_globals:
-            names = ", ".join(
-                safe(x["name"]) + (f" ×{x['count']}" if x["count"] > 1 else "")
-                for x in safe_globals
-            )
+        counts: dict[str, int] = {}
+        for x in f["findings"]:
+            if x["verdict"] == "safe" and x["name"]:
+                counts[x["name"]] = counts.get(x["name"], 0) + x["count"]
+        if counts:
+            names = ", ".join(safe(n) + (f" ×{c}" if c > 1 else "") for n, c in counts.items())
             out.print(f"  [green]allowlisted:[/] [dim]{names}[/]")
         for x in f["findings"]:
             if x["verdict"] == "safe" and not x["name"]:

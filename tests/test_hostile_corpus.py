@@ -86,7 +86,9 @@ CORPUS: list[Case] = [
     # a call of a class whose import runs code: called, not allowlisted
     _hostile(H.zip_import_side_effect, f"{H.EVIL_MODULE}.Thing", "called"),
     # a pickle in a bytes value is data: named (needs code), never run, not dangerous
-    Case(H.zip_nested_pickle, (0, None), (0, "nested-pickle", "posix.system"), (0, None), (0, None)),
+    Case(
+        H.zip_nested_pickle, (0, None), (0, "nested-pickle", "posix.system"), (0, None), (0, None)
+    ),
     # broken torch zips
     _broken(H.zip_missing_storage, "no record"),
     _broken(H.zip_record_too_small, "claims 1073741824 bytes"),

@@ -1910,6 +1910,28 @@ def benign_plain_state_dict(directory: Path) -> Path:
     return path
 
 
+def benign_pickle_dump_tensors(directory: Path) -> Path:
+    """pickle.dump (not torch.save) of tensors: each storage is _load_from_bytes(torch file)."""
+    import pickle as _pickle_module
+
+    path = Path(directory) / "benign_pickle_dump_tensors.pkl"
+    with open(path, "wb") as f:
+        _pickle_module.dump(_torch_state(), f)
+    return path
+
+
+def benign_numpy_rng_state(directory: Path) -> Path:
+    """A training dict holding numpy RandomState and Generator objects (their own pickle)."""
+    path = Path(directory) / "benign_numpy_rng_state.pth"
+    state = {
+        "model": _torch_state(),
+        "np_rng": np.random.RandomState(0),
+        "np_gen": np.random.default_rng(0),
+    }
+    torch.save(state, path)
+    return path
+
+
 def benign_torch_save_protocol4(directory: Path) -> Path:
     path = Path(directory) / "benign_torch_save_protocol4.pt"
     torch.save(_torch_state(), path, pickle_protocol=4)
@@ -2097,6 +2119,8 @@ MALICIOUS: list[Builder] = [
 ]
 
 BENIGN: list[Builder] = [
+    benign_pickle_dump_tensors,
+    benign_numpy_rng_state,
     benign_npy_float32,
     benign_npy_int64,
     benign_npy_fortran,

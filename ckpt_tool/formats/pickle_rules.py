@@ -20,7 +20,7 @@ dangerous the moment the pickle calls it.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SAFE = "safe"
 NEEDS_CODE = "needs code"
@@ -278,11 +278,24 @@ CALL_OK = frozenset(
         "re._compile",
         "re.RegexFlag",
         "builtins.range",
+        # numpy's random states (RandomState, Generator and their bit generators)
         "numpy.random._pickle.__randomstate_ctor",
         "numpy.random._pickle.__bit_generator_ctor",
         "numpy.random._pickle.__generator_ctor",
+        "numpy.random.__RandomState_ctor",
+        "numpy.random.mtrand.__RandomState_ctor",
+        "numpy.random._mt19937.MT19937",
+        "numpy.random._pcg64.PCG64",
+        "numpy.random._pcg64.PCG64DXSM",
+        "numpy.random._philox.Philox",
+        "numpy.random._sfc64.SFC64",
+        "numpy.random.bit_generator.SeedSequence",
+        "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
     }
 )
+# Loaders whose one argument is the bytes they unpickle (plain `pickle.dump` of a tensor
+# stores its storage as `_load_from_bytes(torch.save output)`): judged by those bytes.
+NESTED_LOADERS = frozenset({"torch.storage._load_from_bytes"})
 # Names that only load or run what they are given, whatever package holds them: `load_url`,
 # `loads`, `load_state_dict(path, weights_only=False)` ... (the last part of the name).
 LOADER_NAMES = frozenset({"load", "loads", "load_url", "load_file", "load_state_dict", "unpickle"})
@@ -309,6 +322,8 @@ class Use:
     result_called: bool = False  # something this returned was itself called
     built: bool = False  # BUILD applied to the global itself
     computed: bool = False  # its module or name string was computed at load time
+    payloads: list[bytes] = field(default_factory=list)  # what a NESTED_LOADERS call unpickles
+    payloads_safe: bool = False  # every call had a payload, each read the same way and safe
 
     def judge(self, data_classes: frozenset[str] = frozenset()) -> tuple[str, str, str]:
         """(verdict, why, message): why is one of allowlisted, referenced, constructed,
@@ -393,6 +408,13 @@ def judge(use: Use, data_classes: frozenset[str] = frozenset()) -> tuple[str, st
         return SAFE, "allowlisted", "allowlisted: torch.load(weights_only=True) permits it"
     if use.name in data_classes and use.nonliteral_calls == 0:
         return SAFE, "allowlisted", "a class this kind of file is made of"
+    if use.name in NESTED_LOADERS and use.payloads_safe:
+        return (
+            NEEDS_CODE,
+            "loads-safe-bytes",
+            "called on bytes that hold a torch file, read the same way and found safe; "
+            "torch.load(weights_only=True) refuses the call itself",
+        )
     if use.name in CALL_OK and use.nonliteral_calls == 0:
         how = "called with literal values" if use.calls else "referenced"
         return (

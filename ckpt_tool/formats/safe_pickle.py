@@ -22,7 +22,17 @@ from typing import Any, ClassVar
 
 from ckpt_tool.errors import UnreadableCheckpoint, UnsafeCheckpoint
 
-from .pickle_rules import DANGEROUS, ERROR, RANK, SAFE, Use, runs_code, worst
+from .pickle_rules import (
+    CALL_OK,
+    DANGEROUS,
+    ERROR,
+    NESTED_LOADERS,
+    RANK,
+    SAFE,
+    Use,
+    runs_code,
+    worst,
+)
 
 # --- dtypes -------------------------------------------------------------------------------
 
@@ -243,6 +253,8 @@ class Inert:
             use.constructed -= 1
             use.calls += 1
             values = (*args, *kwargs.values())
+            if use.name in NESTED_LOADERS and len(values) == 1 and isinstance(args[0], bytes):
+                use.payloads.append(args[0])
             if not all(is_literal(v) for v in values):
                 use.nonliteral_calls += 1
             elif len(values) == 1 and not kwargs:
@@ -343,10 +355,14 @@ def is_literal(value: Any, depth: int = 0) -> bool:
     what a call with such values built: what enum members and dates are called with."""
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes, DType)):
         return True
+    if isinstance(value, (NumpyArray, NumpyDType)):
+        return True  # arrays and dtypes the allowlist rebuilt: data
     if isinstance(value, Inert):
         return (
             value.made == "call" and depth < 3 and all(is_literal(a, depth + 1) for a in value.args)
         )
+    if isinstance(value, type) and issubclass(value, Inert):
+        return value.qualified_name() in CALL_OK  # numpy's RNG constructors name each other
     if isinstance(value, (tuple, list, frozenset, set)) and depth < 3:
         return len(value) <= MAX_LITERAL_ITEMS and all(is_literal(v, depth + 1) for v in value)
     return False
@@ -403,9 +419,12 @@ def _bytes_like(kind: type) -> Callable[..., Any]:
     return build
 
 
-def _codecs_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+def _codecs_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> Any:
+    # torch.save writes bytes as _codecs.encode(text, 'latin1'). Other codecs (rot13 turns
+    # text into other text) are not run: the value stays unknown, so a STACK_GLOBAL fed with
+    # it fails as a computed name.
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "ascii"):
-        raise pickle.UnpicklingError("refused _codecs.encode arguments")
+        return _RESULT()
     return obj.encode(encoding)
 
 
@@ -439,7 +458,9 @@ def _tensor(
     requires_grad: Any = False,
     metadata: Any = None,
     rebuild: str = "",
-) -> TensorRecord:
+) -> Any:
+    if isinstance(storage, Inert):
+        return _RESULT()  # a storage some call returned (pickle.dump of a tensor): opaque here
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
     shape = _int_tuple(size, "shape")
@@ -459,7 +480,7 @@ def _tensor(
     )
 
 
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> TensorRecord:
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> Any:
     return _tensor(storage, offset, size, stride, rebuild="torch._utils._rebuild_tensor")
 
 
@@ -471,7 +492,7 @@ def _rebuild_tensor_v2(
     requires_grad: Any = False,
     backward_hooks: Any = None,
     metadata: Any = None,
-) -> TensorRecord:
+) -> Any:
     return _tensor(
         storage,
         offset,
@@ -492,7 +513,7 @@ def _rebuild_tensor_v3(
     backward_hooks: Any = None,
     dtype: Any = None,
     metadata: Any = None,
-) -> TensorRecord:
+) -> Any:
     name = dtype.name if isinstance(dtype, DType) else None
     return _tensor(
         storage,
@@ -891,6 +912,13 @@ class BufferStream:
         return self.pos
 
 
+class PeekStream(BufferStream):
+    """A stream that lets the unpickler look ahead, as a buffered file does."""
+
+    def peek(self, n: int = 0) -> bytes:
+        return bytes(self.buf[self.pos : self.pos + max(n, 1)])
+
+
 class SafeUnpickler(pickle.Unpickler):
     """CPython's own unpickler (the one `torch.load(weights_only=False)` and `pickle.load` run,
     so it accepts exactly what they accept), whose find_class never imports and records how each
@@ -996,7 +1024,27 @@ def read_pickle(
 ) -> PickleResult:
     """Run one pickle starting at `start` of a buffer (bytes or mmap) through the restricted
     unpickler; never raises for what the bytes hold: a read that breaks off is recorded."""
-    stream: Any = io.BytesIO(buf) if isinstance(buf, bytes) else BufferStream(buf)
+    result = _run(buf, start, peek=False)
+    if result.failure is not None:
+        # Readers with a peeking stream (pickle.loads, pickle.load on a file, torch's legacy
+        # loader) read on where a plain stream stops (a FRAME shorter than its opcodes).
+        other = _run(buf, start, peek=True)
+        if other.complete or len(other.globals) > len(result.globals):
+            result = other
+    if result.failure is not None:
+        _explain_failure(result, result.failure, result.end)
+        _judge_failure(result, buf, data_classes)
+    return result
+
+
+def _run(buf: Any, start: int, peek: bool) -> PickleResult:
+    stream: Any = (
+        PeekStream(buf)
+        if peek
+        else io.BytesIO(buf)
+        if isinstance(buf, bytes)
+        else BufferStream(buf)
+    )
     stream.seek(start)
     unpickler = SafeUnpickler(stream, buf)
     result = unpickler.result
@@ -1012,10 +1060,7 @@ def read_pickle(
         result.failure = str(exc)
     except Exception as exc:  # any failure inside the VM is a corrupt or hostile file
         result.failure = _short(exc)
-        _explain_failure(result, result.failure, stream.tell())
     result.end = stream.tell()
-    if result.failure is not None:
-        _judge_failure(result, buf, data_classes)
     return result
 
 

@@ -146,6 +146,12 @@ class Survey:
         self.pickles.append((member, result))
         if buf is not None and result.complete:
             _nested_payloads(self, member, result, buf)
+        for use in result.globals.values():
+            if use.payloads:
+                use.payloads_safe = len(use.payloads) == use.calls and all(
+                    _payload_safe(p, self) for p in use.payloads
+                )
+                use.payloads.clear()  # judged; the bytes are not kept
         for use, verdict, why, message in result.verdicts(self.data_classes):
             if use.written:
                 message += f" (written as {use.written})"
@@ -200,6 +206,12 @@ def _nested_payloads(survey: Survey, member: str, result: PickleResult, buf: Any
                             f.opcode,
                         )
                     )
+
+
+def _payload_safe(payload: bytes, parent: Survey) -> bool:
+    inner = Survey(parent.path, "bytes")
+    survey_buffer(payload, inner)
+    return inner.verdict == SAFE and not inner.errors
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -456,16 +468,29 @@ def _survey_zip(buf: Any, survey: Survey) -> None:
         survey.format = "torch-export"
     main_name = f"{index.prefix}/data.pkl"
     for info in read.infos:
-        if not _pickle_member(index, info, buf, read):
+        kind = _pickle_member(index, info, buf)
+        if kind is None:
             if survey.check_crc:
                 _check_member_crc(buf, survey, read, info)
             continue
         try:
-            data = torch_zip.member_bytes(buf, read, info)
+            data, crc_ok = torch_zip.member_bytes(buf, read, info)
         except CkptError as exc:
             survey.flag(ERROR, "damaged", exc.message, info.filename)
             continue
-        result = survey.add_pickle(info.filename, read_pickle(data, 0, survey.data_classes), data)
+        if not crc_ok:
+            survey.flag(
+                ERROR,
+                "crc",
+                "fails its CRC-32 check: the member is damaged (torch does not check, so its "
+                "pickle is judged all the same)",
+                info.filename,
+            )
+        result = read_pickle(data, 0, survey.data_classes)
+        looked_like = not (result.complete and result.globals) and result.verdict() != DANGEROUS
+        if kind == "maybe" and looked_like:
+            continue  # bytes that only looked like a pickle
+        survey.add_pickle(info.filename, result, data)
         if info.filename == main_name and survey.main is None:
             survey.main, survey.main_member = result, main_name
         if result.complete and result.end < len(data):
@@ -511,24 +536,28 @@ def _trailing_in_member(data: bytes, survey: Survey, member: str, pos: int) -> N
         survey.add_pickle(f"{member} (after its STOP)", result)
 
 
-def _pickle_member(
-    index: torch_zip.ZipIndex, info: zipfile.ZipInfo, buf: Any, read: torch_zip.ZipRead
-) -> bool:
-    """Members to unpickle: `*.pkl`, and any other member (not a storage record) whose bytes
-    start like a pickle: torch reads storages as raw bytes, never as pickles."""
+_PICKLE_STARTS = frozenset(b"\x80(}]cNIJKLFSVXPdGiUlTBCe)")
+
+
+def _pickle_member(index: torch_zip.ZipIndex, info: zipfile.ZipInfo, buf: Any) -> str | None:
+    """How to treat a member: "pickle" (`*.pkl`, or starts with a protocol 2+ header), "maybe"
+    (small and starts with a pickle opcode: kept only if it names something), or None (tensor
+    storage records, which torch reads as raw bytes, never as pickles)."""
     name = info.filename
     if name.endswith((".pkl", ".debug_pkl", ".pickle")):
-        return True
+        return "pickle"
     rest = name[len(index.prefix) + 1 :] if name.startswith(f"{index.prefix}/") else name
-    if rest.startswith(("data/", "constants/", ".data/", "code/", "extra/")) or info.file_size < 2:
-        return False
-    if info.compress_type != zipfile.ZIP_STORED:
-        return info.file_size < 1 << 26
+    if rest.startswith(("data/", "constants/", "code/")) or info.file_size < 2:
+        return None  # storage records (raw bytes); TorchScript source (judged as such)
     offset = index.offsets.get(name)
-    if offset is None:
-        return False
+    if offset is None or info.file_size > 1 << 26:
+        return None
+    if info.compress_type != zipfile.ZIP_STORED:
+        return "maybe"
     head = bytes(buf[offset : offset + 2])
-    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    return "maybe" if head[0] in _PICKLE_STARTS else None
 
 
 # --- numpy ---------------------------------------------------------------------------------------
@@ -618,10 +647,12 @@ def _npz_member(buf: Any, survey: Survey, read: torch_zip.ZipRead, info: zipfile
         _survey_npy(buf, survey, key, read.index.offsets[info.filename], info.filename)
         return
     try:
-        data = torch_zip.member_bytes(buf, read, info)
+        data, crc_ok = torch_zip.member_bytes(buf, read, info)
     except CkptError as exc:
         survey.flag(ERROR, "damaged", exc.message, info.filename)
         return
+    if not crc_ok:
+        survey.flag(ERROR, "crc", "fails its CRC-32 check: the member is damaged", info.filename)
     _survey_npy(data, survey, key, 0, info.filename)
     if key in survey.npy:
         survey.npy[key].data_offset = -1

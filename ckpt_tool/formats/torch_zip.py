@@ -26,7 +26,7 @@ _EOCD64_LOCATOR = b"PK\x06\x07"
 _EOCD64 = b"PK\x06\x06"
 _DESCRIPTOR = b"PK\x07\x08"
 _LOCAL = struct.Struct("<4sHHHHHLLLHH")  # sig, version, flags, method, time, date, crc, sizes, lens
-MAX_INFLATED = 1 << 31  # a pickle member inflated past this is refused (zip bombs)
+MAX_INFLATED = 1 << 28  # a pickle member inflated past 256 MB is refused (zip bombs)
 
 
 def deflated_by_torchscript(name: str) -> bool:
@@ -273,16 +273,23 @@ def _gap(buf: Any, start: int, end: int, out: list[tuple[str, int | None]]) -> N
 
 def member_bytes(
     buf: Any, read: ZipRead, info: zipfile.ZipInfo, limit: int = MAX_INFLATED
-) -> bytes:
-    """A member's bytes (stored, or deflated as TorchScript and numpy write them), CRC-checked."""
+) -> tuple[bytes, bool]:
+    """A member's bytes (stored, or deflated as TorchScript and numpy write them), and whether
+    they match its CRC-32 (torch does not check it, so a mismatch is damage, not a reason to
+    look away)."""
     start = read.index.data_offset(info)
     raw = buf[start : start + info.compress_size]
     if info.compress_type == zipfile.ZIP_STORED:
         data = bytes(raw)
     elif info.compress_type == zipfile.ZIP_DEFLATED:
+        if info.file_size > limit:
+            raise UnreadableCheckpoint(
+                f"{read.index.path}: member {info.filename!r} claims {info.file_size} bytes "
+                f"inflated, more than the {limit >> 20} MB a pickle may take"
+            )
         d = zlib.decompressobj(-15)
         try:
-            data = d.decompress(raw, min(limit, max(info.file_size, 1)) + 1)
+            data = d.decompress(raw, max(info.file_size, 1) + 1)
         except zlib.error as exc:
             raise UnreadableCheckpoint(
                 f"{read.index.path}: member {info.filename!r} cannot be decompressed ({exc})"
@@ -296,12 +303,7 @@ def member_bytes(
             f"{read.index.path}: member {info.filename!r} is compressed with method "
             f"{info.compress_type}, which torch cannot read"
         )
-    if zlib.crc32(data) != info.CRC:
-        raise UnreadableCheckpoint(
-            f"{read.index.path}: member {info.filename!r} fails its CRC-32 check: the file is "
-            "damaged"
-        )
-    return data
+    return data, zlib.crc32(data) == info.CRC
 
 
 def is_torchscript(index: ZipIndex) -> bool:
