@@ -45,9 +45,26 @@ TARGET_INSPECT_MB = 100.0
 TARGET_SPEEDUP_VS_MMAP = 10.0
 TARGET_FLAT_RATIO = 1.5
 
+TARGET_SCAN_VS_INSPECT = 1.5
+
 TORCH_LOAD_CODE = (
     "import sys, torch; sd = torch.load(sys.argv[1], {mmap}weights_only=True); print(len(sd))"
 )
+# The floor: read the zip directory and unpickle data.pkl with stub classes, nothing else.
+MINIMAL_READ_CODE = """
+import pickle, sys, zipfile
+class Stub:
+    def __init__(self, *a, **k): pass
+    def __setstate__(self, s): pass
+class U(pickle.Unpickler):
+    def find_class(self, m, n): return Stub
+    def persistent_load(self, pid): return pid
+with zipfile.ZipFile(sys.argv[1]) as z:
+    name = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+    import io
+    root = U(io.BytesIO(z.read(name))).load()
+print(len(root))
+"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,6 +78,9 @@ def commands(ckpt_exe: str, path: Path) -> dict[str, list[str]]:
     py = sys.executable
     return {
         "ckpt inspect --json": [ckpt_exe, "inspect", str(path), "--json"],
+        "ckpt scan --json": [ckpt_exe, "scan", str(path), "--json"],
+        "picklescan": [str(Path(ckpt_exe).with_name("picklescan")), "-p", str(path)],
+        "minimal read (zip dir + data.pkl)": [py, "-c", MINIMAL_READ_CODE, str(path)],
         "torch.load(mmap=True)": [py, "-c", TORCH_LOAD_CODE.format(mmap="mmap=True, "), str(path)],
         "torch.load": [py, "-c", TORCH_LOAD_CODE.format(mmap=""), str(path)],
         "import torch": [py, "-c", "import torch"],
@@ -127,6 +147,20 @@ def check_targets(results: list[Result], small: str, large: str) -> list[dict[st
             f"torch.load(mmap=True) on {label}",
             speedup >= TARGET_SPEEDUP_VS_MMAP,
             f"{speedup:.1f}x",
+        )
+    for label in (small, large):
+        scan = find(results, "ckpt scan --json", label).median_s
+        inspect = find(results, "ckpt inspect --json", label).median_s
+        picklescan = find(results, "picklescan", label).median_s
+        add(
+            f"ckpt scan within {TARGET_SCAN_VS_INSPECT}x of ckpt inspect on {label}",
+            scan <= TARGET_SCAN_VS_INSPECT * inspect,
+            f"{scan / inspect:.2f}x",
+        )
+        add(
+            f"ckpt scan faster than picklescan on {label}",
+            scan < picklescan,
+            f"{picklescan / scan:.1f}x",
         )
     flat = find(results, "ckpt inspect --json", large).median_s / ins.median_s
     add(

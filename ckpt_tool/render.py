@@ -626,7 +626,12 @@ def scan_report(r: dict[str, Any]) -> None:
     """`ckpt scan`: per file its verdict, what is not on the allowlist, and where it is."""
     for f in r["files"]:
         out.print(f"[bold]{safe(f['path'])}[/]  {safe(f['format'])}  {_FILE_VERDICT[f['verdict']]}")
-        flagged = [x for x in f["findings"] if x["verdict"] != "safe"]
+        flagged = [x for x in f["findings"] if x["verdict"] in ("dangerous", "error")]
+        code: dict[str, list[str]] = {}
+        for x in f["findings"]:
+            if x["verdict"] == "needs code":
+                label = safe(x["name"] or x["message"])
+                code.setdefault(x["why"], []).append(label)
         if flagged:
             table = Table(box=None, pad_edge=False, show_header=False, padding=(0, 1))
             for col in ("verdict", "what", "where", "why"):
@@ -642,6 +647,11 @@ def scan_report(r: dict[str, Any]) -> None:
                     f"[dim]{safe(x['why'])}:[/] {safe(x['message'])}",
                 )
             out.print(table)
+        for why, names in code.items():
+            shown = ", ".join(dict.fromkeys(names[:12])) + (
+                f" +{len(names) - 12} more" if len(names) > 12 else ""
+            )
+            out.print(f"  [yellow]needs code[/] [dim]{safe(why)}:[/] {shown}")
         counts: dict[str, int] = {}
         for x in f["findings"]:
             if x["verdict"] == "safe" and x["name"]:

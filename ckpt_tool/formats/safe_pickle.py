@@ -938,6 +938,7 @@ class SafeUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         computed = self._is_computed(module) or self._is_computed(name)
+        written_parts = (module, name)
         written = f"{module}.{name}"
         # py2 names as torch maps them (e.g. __builtin__.set); the new names do not exist in py2,
         # so mapping unconditionally only ever judges more, never less.
@@ -948,7 +949,7 @@ class SafeUnpickler(pickle.Unpickler):
         qualified = f"{module}.{name}"
         use = self.result.globals.get(qualified)
         if use is None:
-            opcode, offset = self._where(written)
+            opcode, offset = self._where(*written_parts)
             use = Use(qualified, module, name, opcode, offset)
             use.written = written if written != qualified else None
             use.allowlisted = qualified in ALLOWLIST
@@ -964,7 +965,7 @@ class SafeUnpickler(pickle.Unpickler):
             cls = self._inert_types[qualified] = inert_class(module, name, use)
         return cls
 
-    def _where(self, written: str) -> tuple[str, int | None]:
+    def _where(self, module: str, name: str) -> tuple[str, int | None]:
         """The opcode that named a global, and its offset, from where the reader stands now.
 
         Exact unless the pickle is framed (protocol 4+), when the unpickler has read the whole
@@ -973,7 +974,6 @@ class SafeUnpickler(pickle.Unpickler):
         pos, buf = self.stream.tell(), self.buf
         if pos >= 1 and buf[pos - 1] == 0x93:
             return "STACK_GLOBAL", pos - 1
-        module, _, name = written.partition(".")
         raw = f"{module}\n{name}\n".encode("utf-8", "surrogateescape")
         start = pos - len(raw) - 1
         if start >= 0 and buf[start + 1 : pos] == raw:
