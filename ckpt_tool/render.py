@@ -657,8 +657,8 @@ def scan_report(r: dict[str, Any]) -> None:
             if x["verdict"] == "safe" and x["name"]:
                 counts[x["name"]] = counts.get(x["name"], 0) + x["count"]
         if counts:
-            names = ", ".join(safe(n) + (f" ×{c}" if c > 1 else "") for n, c in counts.items())
-            out.print(f"  [green]allowlisted:[/] [dim]{names}[/]")
+            text = ", ".join(safe(n) + (f" ×{c}" if c > 1 else "") for n, c in counts.items())
+            out.print(f"  [green]allowlisted:[/] [dim]{text}[/]")
         for x in f["findings"]:
             if x["verdict"] == "safe" and not x["name"]:
                 out.print(f"  [dim]{safe(x['message'])}[/]")
