@@ -18,7 +18,8 @@ from typing import Any
 
 from ckpt_tool.checkpoint import Checkpoint, TensorEntry
 from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
-from ckpt_tool.formats import writer
+from ckpt_tool.formats import dcp, writer
+from ckpt_tool.formats.pickle_rules import SAFE
 from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
 from ckpt_tool.surgery import cast as cast_ops
 from ckpt_tool.surgery.cast import (
@@ -296,6 +297,12 @@ def write_dcp(tensors: dict[str, Any], target: Path, *, force: bool, verify: boo
         with warnings.catch_warnings():  # "assuming ... a single process": that is the intent
             warnings.simplefilter("ignore", UserWarning)
             save(dict(tensors), storage_writer=FileSystemWriter(str(tmp)))
+        written = dcp.survey_dcp(tmp)  # re-scanned like every output, even with --no-verify
+        if written.verdict != SAFE:
+            raise WriteFailed(
+                f"{target}: the output's .metadata would not be safe "
+                f"({'; '.join(written.names(written.verdict)[:3])}); nothing was written"
+            )
         if verify:
             from ckpt_tool.tensors import load_dcp_state_dict
 

@@ -483,3 +483,39 @@ def test_scan_real_process_on_a_hostile_folder(tmp_path: Path) -> None:
 def test_scan_is_in_the_check_panel() -> None:
     result = _cli("--help")
     assert "Check" in result.stdout and "scan" in result.stdout
+
+
+# --- nothing dangerous goes out -----------------------------------------------------------------
+
+
+def test_output_re_scan_refuses_dangerous_and_new_code(tmp_path: Path) -> None:
+    """The writer's last check before renaming: the output is never dangerous and never names
+    code its input did not (checked on real files, as write_pth calls it)."""
+    import ckpt_tool
+    from ckpt_tool.errors import WriteFailed
+    from ckpt_tool.formats.writer import check_output_safety
+
+    evil = H.zip_os_system(tmp_path)
+    with pytest.raises(WriteFailed, match="would be dangerous"):
+        check_output_safety(evil, tmp_path / "out.pth", None)
+    whole = FIXTURES / "convnet_whole.pth"
+    plain = ckpt_tool.load(FIXTURES / "mlp.pth")
+    with pytest.raises(WriteFailed, match="name code its input does not"):
+        check_output_safety(whole, tmp_path / "out.pth", plain)
+    check_output_safety(whole, tmp_path / "out.pth", ckpt_tool.load(whole))  # same code: fine
+    check_output_safety(FIXTURES / "mlp.pth", tmp_path / "out.pth", None)
+
+
+def test_container_writes_keep_needs_code_and_nothing_more(tmp_path: Path) -> None:
+    """strip/cast of a training dict keep its classes (re-scanned: needs code, same names);
+    extract and convert write only tensors (safe)."""
+    src = FIXTURES / "timm_train.pth.tar"
+    out = tmp_path / "cast.pth"
+    assert _cli("cast", src, "--dtype", "fp16", "-o", out).exit_code == 0
+    code, report = _scan_json(out)
+    assert code == 0 and report["files"][0]["verdict"] == "needs code"
+    names = {f["name"] for f in _findings(report) if f["verdict"] == "needs code"}
+    assert names == {"argparse.Namespace"}
+    for cmd, target in (("extract", tmp_path / "w.pth"), ("convert", tmp_path / "w2.pth")):
+        assert _cli(cmd, src, "-o", target).exit_code == 0
+        assert _scan_json(target)[1]["files"][0]["verdict"] == "safe", cmd
