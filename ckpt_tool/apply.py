@@ -13,10 +13,15 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.checkpoint import Checkpoint, TensorEntry, as_record, load
+from ckpt_tool.checkpoint import (
+    Checkpoint,
+    as_record,
+    counts_as_parameter,
+    load,
+)
 from ckpt_tool.edit import Output, mark_bn_eval, rebuild, weight_items
 from ckpt_tool.errors import SurgeryError
-from ckpt_tool.formats.safe_pickle import TensorRecord
+from ckpt_tool.formats.safe_pickle import TensorRecord, view_key
 from ckpt_tool.surgery.freeze import CountRow, FreezePlan, bare, can_train
 
 if TYPE_CHECKING:
@@ -28,11 +33,7 @@ def bare_path(module_path: str) -> str:
     return bare(module_path + ".").rstrip(".") if module_path else module_path
 
 
-def is_parameter(ckpt: Checkpoint, entry: TensorEntry) -> bool:
-    """A parameter by what the file records (Parameters present) or else by its name."""
-    if ckpt.frozen_recorded:
-        return entry.record.is_parameter
-    return entry.kind == "parameter"
+is_parameter = counts_as_parameter
 
 
 def kinds_inferred(ckpt: Checkpoint) -> bool:
@@ -52,18 +53,12 @@ def parameter_state(ckpt: Checkpoint) -> tuple[dict[str, bool], list[str]]:
     return params, others
 
 
-def _view(rec: TensorRecord) -> tuple[Any, ...]:
-    if rec.storage is None:
-        return (id(rec),)
-    return (id(rec.storage), rec.offset, rec.shape, rec.stride, rec.dtype)
-
-
 def checkpoint_rows(ckpt: Checkpoint) -> list[CountRow]:
     """Count rows for a checkpoint's tensors; tied tensors (same storage view) marked."""
     seen: set[tuple[Any, ...]] = set()
     rows = []
     for key, e in ckpt.tensors.items():
-        view = _view(e.record)
+        view = view_key(e.record)
         param = is_parameter(ckpt, e)
         trainable = (
             param
@@ -225,7 +220,7 @@ def freeze_report(ckpt: Checkpoint, plan: FreezePlan) -> dict[str, Any]:
     seen: set[tuple[Any, ...]] = set()
     numel: dict[str, int] = {}
     for key in plan.after:
-        view = _view(ckpt.tensors[key].record)
+        view = view_key(ckpt.tensors[key].record)
         if view not in seen:
             numel[key] = ckpt.tensors[key].numel
         seen.add(view)

@@ -7,7 +7,7 @@ index, or a DCP `.metadata` file. Tensor bytes stay on disk; `Checkpoint.locate`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,14 @@ from .formats import dcp, safetensors_io, torch_zip
 from .formats.pickle_rules import DANGEROUS, NEEDS_CODE, SAFE
 from .formats.safe_pickle import (
     DTYPE_SIZES,
+    Inert,
     NumpyArray,
     PickleResult,
     StorageRef,
     TensorRecord,
     contiguous_stride,
     global_name,
+    view_key,
     walk,
 )
 from .formats.survey import Finding, Survey, survey_file
@@ -180,6 +182,27 @@ def _unique(items: Iterator[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def counts_as_parameter(ckpt: Checkpoint, entry: TensorEntry) -> bool:
+    """A parameter by what the file records (Parameters present) or else by its name; the one
+    rule `inspect` and `count` share."""
+    if ckpt.frozen_recorded and entry.record.quant is None:
+        return entry.record.is_parameter
+    # quantized weights are never nn.Parameters (they do not train), but they are the weights
+    return entry.kind == "parameter"
+
+
+def unique_numel(entries: Iterable[TensorEntry]) -> int:
+    """Elements of distinct tensors: a tied weight listed under two keys counts once."""
+    seen: set[tuple[Any, ...]] = set()
+    total = 0
+    for e in entries:
+        key = view_key(e.record)
+        if key not in seen:
+            seen.add(key)
+            total += e.numel
+    return total
+
+
 # --- walking object graphs ----------------------------------------------------------------------
 
 
@@ -245,20 +268,94 @@ def as_record(value: Any) -> TensorRecord | None:
     return None
 
 
+# Entries of a training dict that hold state, not weights, even when they hold tensors.
+STATE_KEYS = frozenset(
+    {
+        "optimizer",
+        "optimizers",
+        "optimizer_states",
+        "optimizer_state_dict",
+        "optim",
+        "optim_state",
+        "lr_scheduler",
+        "lr_schedulers",
+        "scheduler",
+        "schedulers",
+        "scaler",
+        "grad_scaler",
+        "amp",
+        "callbacks",
+        "loops",
+        "rng_state",
+        "rng_states",
+    }
+)
+MAX_TENSOR_PATHS = 2_000_000
+
+
+def tensors_in(value: Any, numpy_top: bool = True) -> dict[str, TensorRecord]:
+    """Every tensor a value holds, by dotted path (dict keys, list and tuple indices, the
+    attributes of inert records, module parameters and buffers), in file order.
+
+    A tensor reachable under two paths is listed under both (tied weights); a container is
+    walked once, so cycles end. numpy arrays count as tensors only at the top level of a
+    mapping (`numpy_top`): deeper ones stay data.
+    """
+    out: dict[str, TensorRecord] = {}
+    seen: set[int] = set()
+    stack: list[tuple[str, Any, bool]] = [("", value, True)]
+    while stack:
+        path, obj, top = stack.pop()
+        rec = obj if isinstance(obj, TensorRecord) else None
+        if rec is None and isinstance(obj, NumpyArray) and top and numpy_top and path:
+            rec = obj.as_record()
+        if rec is not None:
+            if path:
+                out[path] = rec
+            continue
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if len(out) > MAX_TENSOR_PATHS:
+            raise UnreadableCheckpoint(
+                f"more than {MAX_TENSOR_PATHS:,} tensor paths; refusing to enumerate them"
+            )
+        prefix = f"{path}." if path else ""
+        children: list[tuple[str, Any, bool]] = []
+        if is_module_record(obj):
+            records, _, _ = module_tensors(obj)
+            children = [(prefix + k, r, False) for k, r in records.items()]
+        elif isinstance(obj, dict):
+            children = [(prefix + str(k), v, top and not path) for k, v in obj.items()]
+        elif isinstance(obj, (list, tuple)):
+            children = [(f"{prefix}{i}", v, False) for i, v in enumerate(obj)]
+        elif isinstance(obj, Inert):
+            items = {**_fields(obj), **{str(k): v for k, v in obj.dictitems.items()}}
+            children = [(prefix + k, v, False) for k, v in items.items()]
+            children += [(f"{prefix}{i}", v, False) for i, v in enumerate(obj.listitems)]
+        stack.extend(reversed(children))
+    return out
+
+
 def _tensor_dict(value: Any) -> dict[str, TensorRecord] | None:
-    """The tensors of a state_dict-like mapping, or None if it holds none."""
+    """The tensors of a state_dict-like mapping (nested lists, tuples and dicts included,
+    state entries such as `optimizer` left out), or None if it holds none."""
     if not isinstance(value, dict):
         return None
-    out = {}
-    for k, v in value.items():
-        rec = as_record(v)
-        if rec is not None:
-            out[str(k)] = rec
-    return out or None
+    kept = {k: v for k, v in value.items() if str(k) not in STATE_KEYS}
+    return tensors_in(kept) or None
 
 
 def _holds_weights(value: Any) -> bool:
-    return _tensor_dict(value) is not None or is_module_record(value)
+    if is_module_record(value):
+        return True
+    if isinstance(value, dict):
+        return _tensor_dict(value) is not None
+    return isinstance(value, Inert) and bool(tensors_in(value))
+
+
+def _direct_tensors(value: dict[Any, Any]) -> bool:
+    return any(as_record(v) is not None for v in value.values())
 
 
 def _describe(value: Any) -> str:
@@ -299,7 +396,10 @@ def _framework(root: dict[Any, Any]) -> str | None:
 
 
 def _buffer_by_name(key: str, rec: TensorRecord) -> bool:
-    return key.rsplit(".", 1)[-1] in BUFFER_SUFFIXES or rec.dtype in ("int64", "int32", "bool")
+    name = key.rsplit(".", 1)[-1]
+    if name in ("scale", "zero_point") and rec.numel <= 1:
+        return True  # quantized modules' output quantization parameters
+    return name in BUFFER_SUFFIXES or rec.dtype in ("int64", "int32", "bool")
 
 
 def _entries(records: dict[str, TensorRecord], buffers: set[str] | None) -> dict[str, TensorEntry]:
@@ -330,10 +430,9 @@ def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) ->
             )
     elif isinstance(root, dict):
         ckpt.framework = _framework(root)
-        ckpt.weight_sets = [
-            str(k) for k in root if str(k) in WEIGHT_KEYS and _holds_weights(root[k])
-        ]
-        # Other dict entries holding state_dicts also count when the user names them.
+        candidates = [str(k) for k in root if str(k) not in STATE_KEYS and _holds_weights(root[k])]
+        known = [k for k in candidates if k in WEIGHT_KEYS]
+        ckpt.weight_sets = known + [k for k in candidates if k not in WEIGHT_KEYS]
         if weights is not None:
             if weights not in {str(k) for k in root} or not _holds_weights(root[weights]):
                 options = ", ".join(ckpt.weight_sets) or "none"
@@ -341,23 +440,43 @@ def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) ->
                     f"{ckpt.path}: no weights under {weights!r}; weight sets found: {options}"
                 )
             chosen: str | None = weights
-        elif ckpt.weight_sets:
-            chosen = min(ckpt.weight_sets, key=WEIGHT_KEYS.index)
+        elif known:
+            chosen = min(known, key=WEIGHT_KEYS.index)
+        elif not _direct_tensors(root) and len(candidates) == 1:
+            chosen = candidates[0]
         else:
             chosen = None
         if chosen is not None:
             ckpt.layout = "training"
             ckpt.weights_key = chosen
-            value = root[chosen]
+            value = next(v for k, v in root.items() if str(k) == chosen)
             if is_module_record(value):
                 records, ckpt.modules, buffers = module_tensors(value)
-            else:
+            elif isinstance(value, dict):
                 records = _tensor_dict(value)
+            else:
+                records = tensors_in(value)
             ckpt.extras = {str(k): _describe(v) for k, v in root.items() if str(k) != chosen}
         else:
             records = _tensor_dict(root)
-            ckpt.layout = "state_dict" if records else "other"
-            ckpt.extras = {str(k): _describe(v) for k, v in root.items() if as_record(v) is None}
+            if records and not _direct_tensors(root):
+                ckpt.layout = "collection"  # {"G": sd, "D": sd}: several sets, none chosen
+            else:
+                ckpt.layout = "state_dict" if records else "other"
+            ckpt.extras = {
+                str(k): _describe(v)
+                for k, v in root.items()
+                if as_record(v) is None and not (ckpt.layout == "collection" and _holds_weights(v))
+            }
+    elif isinstance(root, (Inert, list, tuple)) and tensors_in(root):
+        if weights is not None:
+            raise WeightsNotFound(
+                f"{ckpt.path}: --weights {weights} given, but the file holds a "
+                f"{_describe(root)} rather than a dict of weight sets; drop --weights"
+            )
+        ckpt.layout = "object"  # tensors held by an object (PyG Data, a dataclass, a list)
+        records = tensors_in(root)
+        ckpt.extras = {"root": _describe(root)}
     elif as_record(root) is not None:
         ckpt.layout = "tensor"
         rec = as_record(root)

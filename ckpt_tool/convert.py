@@ -20,7 +20,7 @@ from ckpt_tool.checkpoint import Checkpoint, TensorEntry
 from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
 from ckpt_tool.formats import dcp, writer
 from ckpt_tool.formats.pickle_rules import SAFE
-from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
+from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride, view_key
 from ckpt_tool.surgery import cast as cast_ops
 from ckpt_tool.surgery.cast import (
     NUMPY_CASTS,
@@ -134,7 +134,7 @@ def cast_weights(ckpt: Checkpoint, plan: CastPlan, strict: bool) -> Casting:
         if target is None:
             records[key] = rec
             continue
-        view = writer.view_key(rec)
+        view = view_key(rec)
         if view in by_view:
             records[key] = by_view[view]
             continue
@@ -172,6 +172,33 @@ def _chunker(reader: TensorReader, entry: TensorEntry) -> Callable[[], Iterator[
     return lambda: reader.chunks(entry, cast_ops.CHUNK_ELEMENTS)
 
 
+def dequantize_records(
+    ckpt: Checkpoint, records: dict[str, TensorRecord], sources: writer.Sources
+) -> tuple[dict[str, TensorRecord], list[dict[str, Any]]]:
+    """Quantized tensors as float32 (torch's own dequantize), one at a time; the rest as is.
+    Returns the new records and one report row per dequantized tensor."""
+    out: dict[str, TensorRecord] = {}
+    rows: list[dict[str, Any]] = []
+    done: dict[int, TensorRecord] = {}
+    with TensorReader(ckpt) as reader:
+        for key, rec in records.items():
+            if rec.quant is None:
+                out[key] = rec
+                continue
+            if id(rec) not in done:
+                t = reader.read(TensorEntry(key, rec, "parameter")).dequantize()
+                done[id(rec)] = sources.add_tensor(t)
+                rows.append(
+                    {"key": key, "from": f"{rec.dtype} {rec.quant.describe()}", "to": "float32"}
+                )
+            out[key] = done[id(rec)]
+    return out, rows
+
+
+def quantized_keys(records: dict[str, TensorRecord]) -> list[str]:
+    return [k for k, r in records.items() if r.quant is not None]
+
+
 def replace_items(
     items: list[tuple[str, Any]], records: dict[str, TensorRecord]
 ) -> list[tuple[str, Any]]:
@@ -199,9 +226,9 @@ def plan_shards(records: dict[str, TensorRecord], target: Path, max_bytes: int) 
     oversized: list[str] = []
     placed: set[tuple[Any, ...]] = set()
     for key, rec in records.items():
-        if writer.view_key(rec) in placed:
+        if view_key(rec) in placed:
             continue
-        placed.add(writer.view_key(rec))
+        placed.add(view_key(rec))
         if rec.nbytes > max_bytes:
             oversized.append(key)
         if groups[-1] and sizes[-1] + rec.nbytes > max_bytes:
@@ -245,15 +272,15 @@ def write_sharded(
                 raise OutputRefused(f"{p}: already exists; pass --force to overwrite it")
     owner: dict[tuple[Any, ...], str] = {}  # view -> first key holding it
     for k, r in records.items():
-        owner.setdefault(writer.view_key(r), k)
+        owner.setdefault(view_key(r), k)
     results = []
     weight_map: dict[str, str] = {}
     try:
         for name, path, keys in zip(plan.names, paths, plan.keys, strict=True):
             members = set(keys)
-            shard = {k: r for k, r in records.items() if owner[writer.view_key(r)] in members}
+            shard = {k: r for k, r in records.items() if owner[view_key(r)] in members}
             for k in shard:
-                if owner[writer.view_key(shard[k])] == k:  # aliases live in ckpt.aliases only
+                if owner[view_key(shard[k])] == k:  # aliases live in ckpt.aliases only
                     weight_map[k] = name
             results.append(writer.write_safetensors(shard, path, sources, metadata, verify=verify))
     except BaseException:
@@ -262,7 +289,7 @@ def write_sharded(
             with contextlib.suppress(OSError):
                 written.path.unlink()
         raise
-    total = sum(r.nbytes for k, r in records.items() if owner[writer.view_key(r)] == k)
+    total = sum(r.nbytes for k, r in records.items() if owner[view_key(r)] == k)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     data = (json.dumps(index, indent=2) + "\n").encode()
     try:

@@ -15,9 +15,11 @@ from typing import Any
 from ckpt_tool.checkpoint import (
     BN_EVAL_META_KEY,
     FROZEN_META_KEY,
+    STATE_KEYS,
     Checkpoint,
     as_record,
     is_module_record,
+    tensors_in,
 )
 from ckpt_tool.errors import OutputRefused, UnsafeCheckpoint
 from ckpt_tool.formats import writer
@@ -62,6 +64,7 @@ class Output:
     weights_key: str | None
     notes: list[str] = field(default_factory=list)
     whole_container: bool = True  # False when only the weights are kept (extract)
+    allow_drops: bool = False  # non-tensor entries may be left out (extract, --drop-extras)
     bn_eval: list[str] = field(default_factory=list)  # BatchNorm paths kept in eval mode
 
 
@@ -82,7 +85,7 @@ def rebuild(
     old_meta = getattr(old, "_metadata", None)
     if old_meta is not None and isinstance(new, collections.OrderedDict):
         new._metadata = rename_metadata(old_meta, metadata_fn, add_root)  # type: ignore[attr-defined]
-    weights = {k: v for k, v in items if isinstance(v, TensorRecord)}
+    weights = tensors_in({k: v for k, v in items if str(k) not in STATE_KEYS})
     notes: list[str] = []
     if ckpt.layout == "training" and not weights_only:
         root = type(ckpt.root)()
@@ -136,6 +139,21 @@ def apply_plan(ckpt: Checkpoint, plan: RenamePlan, add_root: bool = False) -> Ou
     return rebuild(ckpt, renamed, plan.meta_fn, add_root)
 
 
+def non_tensor_entries(ckpt: Checkpoint) -> list[str]:
+    """Entries of the weights mapping that hold no tensor (a dtype, a version number)."""
+    return [str(k) for k, v in weight_items(ckpt) if as_record(v) is None and not tensors_in(v)]
+
+
+def refuse_drops(entries: list[str], target: Path, kind: str) -> None:
+    """Exit 0 means nothing lost: an output that cannot hold these entries is refused."""
+    if entries:
+        raise OutputRefused(
+            f"{target}: {kind} holds only tensors, so {len(entries)} non-tensor entries of the "
+            f"weights would be lost ({', '.join(entries[:4])}{' ...' if len(entries) > 4 else ''})"
+            "; write a .pth, or pass --drop-extras to write only the tensors"
+        )
+
+
 def safetensors_metadata(
     ckpt: Checkpoint, weights: dict[str, TensorRecord], bn_eval: list[str] | None = None
 ) -> dict[str, str]:
@@ -176,6 +194,9 @@ def save(
                 f"({', '.join(others[:4])}) would be lost; write a .pth, or run "
                 f"`ckpt extract {ckpt.path}` first"
             )
+        others = non_tensor_entries(ckpt)
+        if not out.allow_drops:
+            refuse_drops(others, target, "safetensors")
         records = writer.storage_backed(out.weights, sources)
         result = writer.write_safetensors(
             records,
@@ -184,7 +205,6 @@ def save(
             safetensors_metadata(ckpt, out.weights, out.bn_eval),
             verify=verify,
         )
-        others = [str(k) for k, v in weight_items(ckpt) if as_record(v) is None]
         if others:
             result.notes.append(
                 f"safetensors holds only tensors: non-tensor entries not written: "

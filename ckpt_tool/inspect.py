@@ -7,8 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checkpoint import Checkpoint, TensorEntry
-from .formats.safe_pickle import TensorRecord
+from .checkpoint import Checkpoint, TensorEntry, counts_as_parameter, unique_numel
+from .formats.safe_pickle import TensorRecord, view_key
 from .keys import natural_key
 from .surgery.prefixes import detect_prefix
 
@@ -71,12 +71,21 @@ def select(entries: dict[str, TensorEntry], pattern: str | None) -> list[TensorE
 
 
 def shared_groups(ckpt: Checkpoint) -> list[list[str]]:
-    """Keys whose tensors share one storage (tied weights, views)."""
-    by_storage: dict[int, list[str]] = {}
+    """Keys that are one tensor (tied weights: same storage, offset, shape and strides)."""
+    by_view: dict[tuple[Any, ...], list[str]] = {}
     for key, e in ckpt.tensors.items():
         if e.record.storage is not None:
-            by_storage.setdefault(id(e.record.storage), []).append(key)
-    return [keys for keys in by_storage.values() if len(keys) > 1]
+            by_view.setdefault(view_key(e.record), []).append(key)
+    return [keys for keys in by_view.values() if len(keys) > 1]
+
+
+def view_groups(ckpt: Checkpoint) -> list[list[str]]:
+    """Keys that are different views of one storage (cuDNN's flat RNN weights, slices)."""
+    by_storage: dict[int, dict[tuple[Any, ...], str]] = {}
+    for key, e in ckpt.tensors.items():
+        if e.record.storage is not None:
+            by_storage.setdefault(id(e.record.storage), {}).setdefault(view_key(e.record), key)
+    return [list(views.values()) for views in by_storage.values() if len(views) > 1]
 
 
 def top_level_shares(ckpt: Checkpoint, strip: str = "") -> list[dict[str, Any]]:
@@ -104,23 +113,40 @@ def tensor_json(e: TensorEntry) -> dict[str, Any]:
         "kind": e.kind,
         "device": rec.device,
         "requires_grad": rec.requires_grad if rec.is_parameter else None,
+        **({"quant": _quant_json(rec)} if rec.quant is not None else {}),
     }
+
+
+def _quant_json(rec: TensorRecord) -> dict[str, Any]:
+    q = rec.quant
+    assert q is not None
+    out: dict[str, Any] = {"scheme": q.scheme}
+    if q.per_channel:
+        out["axis"] = q.axis
+        out["channels"] = q.scales.numel if q.scales is not None else None
+    else:
+        out["scale"] = q.scale
+        out["zero_point"] = q.zero_point
+    return out
 
 
 def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> dict[str, Any]:
     """Everything `ckpt inspect` shows, as plain data."""
     entries = select(ckpt.tensors, pattern)
-    params = [e for e in ckpt.tensors.values() if e.kind == "parameter"]
-    buffers = [e for e in ckpt.tensors.values() if e.kind == "buffer"]
+    params = [e for e in ckpt.tensors.values() if counts_as_parameter(ckpt, e)]
+    buffers = [e for e in ckpt.tensors.values() if not counts_as_parameter(ckpt, e)]
     by_dtype: Counter[str] = Counter()
     devices: Counter[str] = Counter()
+    seen: set[tuple[Any, ...]] = set()
     for e in ckpt.tensors.values():
-        by_dtype[e.dtype] += e.nbytes
         devices[e.record.device] += 1
+        if view_key(e.record) not in seen:  # a tied weight's bytes once
+            seen.add(view_key(e.record))
+            by_dtype[e.dtype] += e.nbytes
     prefix = detect_prefix(ckpt.tensors)
     suggestion = prefix.suggestion.format(path=ckpt.path) if prefix.suggestion else None
     frozen = ckpt.frozen
-    trainable = sum(e.numel for e in params if e.key not in set(frozen))
+    trainable = unique_numel(e for e in params if e.key not in set(frozen))
     return {
         "file": str(ckpt.path),
         "format": ckpt.format,
@@ -138,8 +164,8 @@ def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> dict[str, An
         },
         "extras": ckpt.extras,
         "num_tensors": len(ckpt.tensors),
-        "num_params": sum(e.numel for e in params),
-        "num_buffer_elements": sum(e.numel for e in buffers),
+        "num_params": unique_numel(params),
+        "num_buffer_elements": unique_numel(buffers),
         "param_kinds_inferred": not ckpt.frozen_recorded and ckpt.layout != "module",
         "bytes_by_dtype": dict(sorted(by_dtype.items())),
         "tensor_bytes": sum(by_dtype.values()),
@@ -152,10 +178,11 @@ def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> dict[str, An
             "suggest": suggestion,
         },
         "shared": shared_groups(ckpt),
+        "views": view_groups(ckpt),
         "trainable": {
             "recorded": ckpt.frozen_recorded,
             "trainable_params": trainable,
-            "frozen_params": sum(e.numel for e in params) - trainable,
+            "frozen_params": unique_numel(params) - trainable,
             "frozen_keys": frozen,
             "bn_eval": ckpt.bn_eval,
         },

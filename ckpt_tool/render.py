@@ -129,6 +129,9 @@ def _header_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(
         ("shared", "; ".join(" = ".join(safe(k) for k in g) for g in r["shared"]) or "none")
     )
+    for group in r.get("views", []):
+        shown = ", ".join(safe(k) for k in group[:4]) + (" ..." if len(group) > 4 else "")
+        rows.append(("views", f"{len(group)} views of one storage: {shown}"))
     t = r["trainable"]
     if t["recorded"]:
         text = f"{t['trainable_params']:,} trainable, {t['frozen_params']:,} frozen"
@@ -259,7 +262,9 @@ def keys_table(tensors: list[Any], stats: dict[str, Any] | None = None) -> Table
     if stats:
         table.add_column("stats", no_wrap=True)
     for t in tensors:
-        row = [safe(t.key), str(list(t.shape)), t.dtype, f"{t.numel:,}", t.kind]
+        quant = t.record.quant
+        dtype = t.dtype + (f" [dim]({safe(quant.describe())})[/]" if quant is not None else "")
+        row = [safe(t.key), str(list(t.shape)), dtype, f"{t.numel:,}", t.kind]
         if stats:
             row.append(stats_text(stats[t.key]) if t.key in stats else "")
         table.add_row(*row)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import mmap
 import os
+import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import UnreadableCheckpoint, UnsafeCheckpoint
 from .formats import dcp
 from .formats.safe_pickle import DTYPE_SIZES, contiguous_stride
+
+# The integers behind a quantized dtype.
+INT_OF = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +55,34 @@ class TensorReader:
 
     def read(self, entry: TensorEntry) -> torch.Tensor:
         """The tensor as torch would load it (on CPU), sharing no memory with other reads."""
+        rec = entry.record
+        if rec.quant is not None:
+            return self._read_quantized(entry)
+        return self._read_plain(entry)
+
+    def _read_quantized(self, entry: TensorEntry) -> torch.Tensor:
+        """A quantized tensor from its integers and its quantizer parameters, as torch's
+        _rebuild_qtensor builds it."""
+        import torch
+
+        from .checkpoint import TensorEntry
+
+        rec, q = entry.record, entry.record.quant
+        assert q is not None
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        ints = self._read_plain(
+            TensorEntry(entry.key, replace(rec, dtype=INT_OF[rec.dtype], quant=None), entry.kind)
+        )
+        if q.per_channel:
+            assert q.scales is not None and q.zero_points is not None
+            scales = self._read_plain(TensorEntry(f"{entry.key}.scales", q.scales, "tensor"))
+            points = self._read_plain(
+                TensorEntry(f"{entry.key}.zero_points", q.zero_points, "tensor")
+            )
+            return torch._make_per_channel_quantized_tensor(ints, scales, points, q.axis or 0)
+        return torch._make_per_tensor_quantized_tensor(ints, q.scale or 0.0, q.zero_point or 0)
+
+    def _read_plain(self, entry: TensorEntry) -> torch.Tensor:
         import torch
 
         rec = entry.record
@@ -85,7 +118,8 @@ class TensorReader:
 
         rec = entry.record
         storage = rec.storage
-        if rec.rebuild == "dcp" or rec.inline is not None or storage is None or not rec.numel:
+        plain = rec.quant is None and rec.rebuild != "dcp" and rec.inline is None
+        if not plain or storage is None or not rec.numel:
             return self.read(entry)
         loc = self.ckpt.locate(storage)
         if storage.nbytes > loc.available:
@@ -107,6 +141,7 @@ class TensorReader:
         return (
             rec.storage is not None
             and rec.inline is None
+            and rec.quant is None
             and rec.rebuild != "dcp"
             and contiguous
             and rec.numel > 0
@@ -144,7 +179,8 @@ class TensorReader:
         import torch
 
         if not self.file_backed(entry):
-            flat = self.view(entry).reshape(-1)
+            t = self.view(entry)
+            flat = (t.dequantize() if t.is_quantized else t).reshape(-1)
             for start in range(0, flat.numel(), elements):
                 yield flat[start : start + elements]
             return

@@ -275,12 +275,11 @@ def test_cast_up_from_fp16_and_fp16_to_bf16(tmp_path: Path) -> None:
         got = load(out)
         for key, t in sd.items():
             assert same_bits(got[key], expected_cast(t, DTYPES[name])), key
-    # already in the target dtype: nothing cast, reported as such
+    # already in the target dtype: a copy would change nothing, so it is refused
     out = tmp_path / "c.same.pth"
-    code, report = run_json(["cast", src, "--dtype", "fp16", "-o", out])
-    assert code == 0 and report["cast_report"]["cast"] == 0
-    assert all(same_bits(load(out)[k], t) for k, t in sd.items())
-    assert "already" in rows(report["cast_report"])["fc.weight"]["reason"]
+    result = run_cli(["cast", src, "--dtype", "fp16", "-o", out])
+    assert result.exit_code == 1 and not out.exists()
+    assert "no tensor would change" in result.stderr and "already float16" in result.stderr
 
 
 def test_keep_patterns_repeatable_and_unused_reported(tmp_path: Path) -> None:

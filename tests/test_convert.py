@@ -192,6 +192,11 @@ def test_fixture_list_is_complete() -> None:
 def test_convert_every_fixture(name: str, ext: str, tmp_path: Path) -> None:
     out = tmp_path / f"out{ext}"
     code, report = run_json(["convert", FIXTURES / name, "-o", out])
+    if name.endswith(".pkl") and ext == ".safetensors":
+        # {"w": ..., "b": ..., "step": 7}: safetensors cannot hold "step", so it takes a yes
+        assert code == 1 and not out.exists()
+        code, report = run_json(["convert", FIXTURES / name, "-o", out, "--drop-extras"])
+        assert any("step" in n for n in report["notes"]), report["notes"]
     assert code == 0, report
     assert report["written"] is True and report["verified"] is True
     want = reference(name, tmp_path)
@@ -292,7 +297,10 @@ def test_non_tensor_values_are_kept_in_pth_and_reported_when_dropped(tmp_path: P
     out = tmp_path / "n.pth"
     assert run_json(["convert", src, "-o", out])[0] == 0
     assert torch_load(out)["step"] == 7
-    code, report = run_json(["convert", src, "-o", tmp_path / "n.safetensors"])
+    result = run_cli(["convert", src, "-o", tmp_path / "n.safetensors"])
+    assert result.exit_code == 1 and not (tmp_path / "n.safetensors").exists()
+    assert "would be lost (step)" in result.stderr and "--drop-extras" in result.stderr
+    code, report = run_json(["convert", src, "-o", tmp_path / "n.safetensors", "--drop-extras"])
     assert code == 0
     assert any("step" in n for n in report["notes"]), "non-tensor 'step' dropped silently"
 

@@ -187,10 +187,14 @@ def test_regex_unmatched_reported() -> None:
     assert renamed(plan) == [k.replace("fc.", "head.", 1) for k in KEYS]
 
 
-def test_regex_identity_match_is_not_unmatched() -> None:
-    plan = regex_plan(KEYS, [r"fc=fc"])
-    assert plan.unmatched == []
-    assert plan.changed == []
+def test_regex_that_renames_nothing_is_refused() -> None:
+    """Exit 0 means done: maps that rename no key (matching or not) would write a copy."""
+    with pytest.raises(SurgeryError, match="renames no key; nothing to rename"):
+        regex_plan(KEYS, [r"fc=fc"])
+    with pytest.raises(SurgeryError, match="keys look like"):
+        regex_plan(KEYS, [r"^encoder\.=enc."])
+    plan = regex_plan(KEYS, [r"fc=fc", r"^fc=head"])  # one map matching without change
+    assert plan.unmatched == [] and plan.changed
 
 
 def test_regex_conflict_names_both_keys() -> None:

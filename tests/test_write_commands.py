@@ -712,10 +712,20 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "dry run" in result.stdout
 
 
-def test_dry_run_still_refuses_existing_output(tmp_path: Path) -> None:
+def test_dry_run_reports_over_an_existing_output(tmp_path: Path) -> None:
+    """A dry run never fails on an existing output: it reports, says the real run needs
+    --force, and leaves the file alone."""
     src = copy_fixture("convnet_dataparallel.pth", tmp_path)
     (tmp_path / "o.pth").write_bytes(b"keep me")
-    refused(["strip-module", src, "-o", tmp_path / "o.pth", "--dry-run"], tmp_path, "--force")
+    code, rep = run_json(["strip-module", src, "-o", tmp_path / "o.pth", "--dry-run"])
+    assert code == 0 and rep["written"] is False, rep
+    assert any("--force" in n for n in rep["notes"]), rep["notes"]
+    assert (tmp_path / "o.pth").read_bytes() == b"keep me"
+    # the default output name too
+    derived = tmp_path / "convnet_dataparallel.stripped.pth"
+    derived.write_bytes(b"old")
+    assert run_json(["strip-module", src, "--dry-run"])[0] == 0
+    assert derived.read_bytes() == b"old"
 
 
 def test_no_verify_reports_false(tmp_path: Path) -> None:

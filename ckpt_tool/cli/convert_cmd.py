@@ -24,14 +24,23 @@ from ckpt_tool.cli.write import emit, finish
 from ckpt_tool.convert import (
     Casting,
     cast_weights,
+    dequantize_records,
     materialise,
     parse_size,
+    quantized_keys,
     replace_items,
     write_dcp,
     write_sharded,
 )
-from ckpt_tool.edit import rebuild, refuse_dangerous, safetensors_metadata, weight_items
-from ckpt_tool.errors import UsageError
+from ckpt_tool.edit import (
+    non_tensor_entries,
+    rebuild,
+    refuse_dangerous,
+    refuse_drops,
+    safetensors_metadata,
+    weight_items,
+)
+from ckpt_tool.errors import OutputRefused, SurgeryError, UsageError
 from ckpt_tool.formats import writer
 from ckpt_tool.surgery.cast import parse_dtype, plan_cast
 
@@ -67,6 +76,19 @@ def _casting(
     return cast_weights(ckpt, plan, strict)
 
 
+def _refuse_no_change(ckpt: Checkpoint, casting: Casting) -> None:
+    """A cast that would change no tensor writes an identical copy: refused, saying why."""
+    if any(t is not None for t in casting.plan.targets.values()):
+        return
+    if not ckpt.tensors:
+        what = ", ".join(list(ckpt.extras)[:4]) or "nothing"
+        raise SurgeryError(f"{ckpt.path}: holds no tensors (it holds {what}); nothing to cast")
+    reasons = sorted(set(casting.plan.reasons.values()))
+    raise SurgeryError(
+        f"{ckpt.path}: no tensor would change ({'; '.join(reasons[:3])}); nothing to cast"
+    )
+
+
 def _warn_overflow(report: dict[str, Any]) -> None:
     if report.get("overflow_total"):
         render.warn(
@@ -99,6 +121,7 @@ def cast(
     refuse_dangerous(ckpt)
     casting = _casting(ckpt, dtype, keep, keep_norm, strict)
     with casting.reader:
+        _refuse_no_change(ckpt, casting)
         out = rebuild(ckpt, replace_items(weight_items(ckpt), casting.records))
         if dry_run:
             casting.drain()
@@ -154,6 +177,22 @@ def convert(
     to_dcp: Annotated[
         bool, typer.Option("--to-dcp", help="Write a torch.distributed.checkpoint folder.")
     ] = False,
+    dequantize: Annotated[
+        bool,
+        typer.Option(
+            "--dequantize",
+            help="Write quantized tensors (qint8, quint8, qint32) as float32 into .safetensors "
+            "or DCP, which cannot hold them (.pth keeps them quantized).",
+        ),
+    ] = False,
+    drop_extras: Annotated[
+        bool,
+        typer.Option(
+            "--drop-extras",
+            help="Let a .safetensors output leave out non-tensor entries of the weights "
+            "(refused otherwise, naming them).",
+        ),
+    ] = False,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
@@ -166,18 +205,41 @@ def convert(
     """
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
+    if not ckpt.tensors:
+        what = ", ".join(list(ckpt.extras)[:4]) or "nothing"
+        raise SurgeryError(f"{ckpt.path}: holds no tensors (it holds {what}); nothing to convert")
     casting = _casting(ckpt, dtype, keep, keep_norm, strict) if dtype else None
     try:
         items = weight_items(ckpt)
         if casting is not None:
             items = replace_items(items, casting.records)
         out = rebuild(ckpt, items, weights_only=True)
+        out.allow_drops = drop_extras
+        if not drop_extras and (to_dcp or max_shard_size is not None):
+            refuse_drops(non_tensor_entries(ckpt), output, "DCP" if to_dcp else "safetensors")
         sources = casting.sources if casting else writer.Sources(ckpt)
         base: dict[str, Any] = {
             "input_format": ckpt.format,
             "layout": ckpt.layout,
             "tensors": len(out.weights),
         }
+        quantized = quantized_keys(out.weights)
+        pth_out = not to_dcp and writer.output_format(output) == "pth"
+        if dequantize and (pth_out or not quantized):
+            raise UsageError(
+                "--dequantize is for .safetensors and DCP outputs of quantized checkpoints "
+                "(.pth keeps quantized tensors as they are)"
+                if pth_out
+                else f"--dequantize: {ckpt.path} holds no quantized tensors"
+            )
+        if quantized and not pth_out:
+            if not dequantize:
+                raise OutputRefused(
+                    f"{output}: {len(quantized)} quantized tensors ({', '.join(quantized[:3])}"
+                    f"{' ...' if len(quantized) > 3 else ''}) cannot be stored there; pass "
+                    "--dequantize to write them as float32, or write a .pth"
+                )
+            out.weights, base["dequantized"] = dequantize_records(ckpt, out.weights, sources)
 
         def late() -> dict[str, Any]:
             if casting is None:

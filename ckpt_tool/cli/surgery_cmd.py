@@ -174,6 +174,7 @@ def extract(
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
     out = rebuild(ckpt, weight_items(ckpt), weights_only=True)
+    out.allow_drops = True  # extract keeps the tensors and lists what it drops
     if not out.weights:
         from ckpt_tool.errors import WeightsNotFound
 

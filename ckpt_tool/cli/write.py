@@ -39,8 +39,14 @@ def finish(
 
     `late_report` adds what is only known after writing (e.g. cast statistics).
     """
+    # a dry run reports what would be written, even over an existing output (said in a note)
     target = resolve_output(
-        ckpt.path, output, tag=tag, force=force, in_place=in_place, ext=default_ext(ckpt)
+        ckpt.path, output, tag=tag, force=force or dry_run, in_place=in_place, ext=default_ext(ckpt)
+    )
+    exists_note = (
+        [f"{target} already exists: the real run needs --force"]
+        if dry_run and not force and not in_place and target.exists()
+        else []
     )
     report = {
         "command": command,
@@ -50,7 +56,7 @@ def finish(
         "written": False,
         "weights_key": ckpt.weights_key,
         **report,
-        "notes": list(out.notes) + list(report.get("notes", [])),
+        "notes": list(out.notes) + list(report.get("notes", [])) + exists_note,
     }
     if not dry_run:
         result = save(ckpt, out, target, verify=verify, sources=sources)

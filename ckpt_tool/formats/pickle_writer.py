@@ -14,16 +14,20 @@ from typing import Any
 from ckpt_tool.errors import WriteFailed
 
 from .safe_pickle import (
+    DTYPE_SIZES,
+    NUMPY_DTYPES,
     STORAGE_DTYPES,
     DType,
     Inert,
     NumpyArray,
+    QuantParams,
     StorageRef,
     TensorRecord,
     TorchMarker,
 )
 
 DTYPE_STORAGES = {v: k for k, v in STORAGE_DTYPES.items() if k != "UntypedStorage"}
+NUMPY_CODES = {v: k for k, v in NUMPY_DTYPES.items() if k != "?"}
 _PY2_NAMES = {"builtins": "__builtin__", "copyreg": "copy_reg"}
 
 
@@ -185,7 +189,7 @@ class PickleWriter:
         elif obj in (list, dict, set, frozenset, tuple, int, float, str):
             self._global("builtins", obj.__name__)
         elif isinstance(obj, NumpyArray):
-            raise WriteFailed("numpy arrays outside the weights cannot be written to .pth yet")
+            self._numpy(obj)
         else:
             raise WriteFailed(f"cannot write a {type(obj).__name__} back to a pickle")
 
@@ -232,6 +236,29 @@ class PickleWriter:
             self.save(obj.state)
             self._op(b"b")
 
+    def _numpy(self, arr: NumpyArray) -> None:
+        """numpy's own pickle of an array: _reconstruct(ndarray, (0,), b'b'), then its state
+        (version, shape, dtype, fortran order, raw bytes), as numpy writes it."""
+        self._global(arr.module, "_reconstruct")
+        self._global("numpy", "ndarray")
+        self._tuple((0,))
+        self.save(b"b")
+        self._op(b"\x87R")
+        self._put(arr)
+        code = NUMPY_CODES[arr.dtype]
+        self._op(b"(")
+        self._int(1)
+        self._tuple(arr.shape)
+        self._global("numpy", "dtype")
+        self._tuple((code, False, True))
+        self._op(b"R")
+        order = "|" if DTYPE_SIZES[arr.dtype] == 1 else arr.byteorder
+        self._tuple((3, order, None, None, None, -1, -1, 0))
+        self._op(b"b")
+        self._op(b"\x88" if arr.fortran else b"\x89")
+        self.save(arr.data)
+        self._op(b"tb")
+
     def _storage_pid(self, storage: StorageRef) -> None:
         key = self.storage_keys.get(id(storage))
         if key is None:
@@ -252,6 +279,9 @@ class PickleWriter:
     def _tensor(self, rec: TensorRecord) -> None:
         if rec.storage is None:
             raise WriteFailed("tensor without a storage cannot be pickled (internal)")
+        if rec.quant is not None:
+            self._qtensor(rec, rec.quant)
+            return
         if rec.is_parameter:
             self._global("torch._utils", "_rebuild_parameter")
             self._op(b"(")
@@ -270,6 +300,32 @@ class PickleWriter:
             self._global("collections", "OrderedDict")
             self._op(b")R")
             self._op(b"tR")
+        self._put(rec)
+
+    def _qtensor(self, rec: TensorRecord, q: QuantParams) -> None:
+        """torch._utils._rebuild_qtensor(storage, offset, size, stride, quantizer params,
+        requires_grad, hooks), as torch.save writes a quantized tensor."""
+        assert rec.storage is not None
+        self._global("torch._utils", "_rebuild_qtensor")
+        self._op(b"(")
+        self._storage_pid(rec.storage)
+        self._int(rec.offset)
+        self._tuple(rec.shape)
+        self._tuple(rec.stride)
+        self._op(b"(")
+        self._global("torch", q.scheme)
+        if q.per_channel:
+            self.save(q.scales)
+            self.save(q.zero_points)
+            self._int(q.axis or 0)
+        else:
+            self.save(float(q.scale or 0.0))
+            self._int(q.zero_point or 0)
+        self._op(b"t")
+        self._op(b"\x88" if rec.requires_grad else b"\x89")
+        self._global("collections", "OrderedDict")
+        self._op(b")R")
+        self._op(b"tR")
         self._put(rec)
 
 

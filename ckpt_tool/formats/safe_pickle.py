@@ -157,6 +157,54 @@ class StorageRef:
 
 
 @dataclass(eq=False)
+class QuantParams:
+    """How a quantized tensor maps its integers to reals (torch's quantizer parameters)."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("BUILD on a record we created is refused")
+
+    scheme: str  # per_tensor_affine | per_channel_affine | ...
+    scale: float | None = None
+    zero_point: int | None = None
+    scales: TensorRecord | None = None  # per-channel: one scale and zero point per slice
+    zero_points: TensorRecord | None = None
+    axis: int | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scales is not None
+
+    def describe(self) -> str:
+        if self.per_channel:
+            return f"{self.scheme} axis {self.axis}"
+        return f"{self.scheme} scale {self.scale:.6g} zero point {self.zero_point}"
+
+
+@dataclass(eq=False)
+class OpaqueTensor:
+    """A tensor kind we name but do not read (sparse, nested, meta, wrapper subclasses)."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("BUILD on a record we created is refused")
+
+    rebuild: str
+    args: tuple[Any, ...]
+
+    @property
+    def kind(self) -> str:
+        return _OPAQUE_KINDS.get(self.rebuild, self.rebuild)
+
+
+_OPAQUE_KINDS = {
+    "_rebuild_sparse_tensor": "sparse tensor",
+    "_rebuild_nested_tensor": "nested tensor",
+    "_rebuild_meta_tensor_no_storage": "meta tensor (no data)",
+    "_rebuild_wrapper_subclass": "tensor subclass",
+    "_rebuild_device_tensor_from_cpu_tensor": "device tensor",
+}
+
+
+@dataclass(eq=False)
 class TensorRecord:
     """A tensor as the file describes it: storage view, shape, dtype; never materialised here."""
 
@@ -175,6 +223,7 @@ class TensorRecord:
     # how the tensor was rebuilt, for the writer to reproduce it
     rebuild: str = "torch._utils._rebuild_tensor_v2"
     metadata: Any = None
+    quant: QuantParams | None = None  # quantized tensors (qint8, quint8, qint32)
 
     @property
     def numel(self) -> int:
@@ -190,6 +239,13 @@ class TensorRecord:
     @property
     def device(self) -> str:
         return self.storage.location if self.storage is not None else "cpu"
+
+
+def view_key(rec: TensorRecord) -> tuple[Any, ...]:
+    """Records with equal keys are the same tensor (tied weights), even as separate objects."""
+    if rec.storage is None:
+        return (id(rec),)
+    return (id(rec.storage), rec.offset, rec.shape, rec.stride, rec.dtype)
 
 
 # --- inert records for everything else -------------------------------------------------------
@@ -527,6 +583,74 @@ def _rebuild_tensor_v3(
     )
 
 
+QSCHEMES = (
+    "per_tensor_affine",
+    "per_tensor_symmetric",
+    "per_channel_affine",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+)
+
+
+def _quant_params(params: Any) -> QuantParams:
+    if not isinstance(params, tuple) or not params or not isinstance(params[0], TorchMarker):
+        raise pickle.UnpicklingError("malformed quantizer parameters")
+    scheme = params[0].name
+    if scheme in ("per_tensor_affine", "per_tensor_symmetric") and len(params) == 3:
+        scale, zero_point = params[1], params[2]
+        if isinstance(scale, (int, float)) and isinstance(zero_point, int):
+            return QuantParams(scheme, float(scale), zero_point)
+    elif scheme.startswith("per_channel") and len(params) == 4:
+        scales, zero_points, axis = params[1], params[2], params[3]
+        if (
+            isinstance(scales, TensorRecord)
+            and isinstance(zero_points, TensorRecord)
+            and isinstance(axis, int)
+        ):
+            return QuantParams(scheme, scales=scales, zero_points=zero_points, axis=axis)
+    raise pickle.UnpicklingError(f"unsupported quantizer parameters for {scheme}")
+
+
+def _rebuild_qtensor(
+    storage: Any,
+    offset: Any,
+    size: Any,
+    stride: Any,
+    quantizer_params: Any,
+    requires_grad: Any = False,
+    backward_hooks: Any = None,
+) -> Any:
+    rec = _tensor(
+        storage,
+        offset,
+        size,
+        stride,
+        requires_grad=requires_grad,
+        rebuild="torch._utils._rebuild_qtensor",
+    )
+    if isinstance(rec, TensorRecord):
+        rec.quant = _quant_params(quantizer_params)
+    return rec
+
+
+def _opaque(name: str) -> Callable[..., OpaqueTensor]:
+    def build(*args: Any) -> OpaqueTensor:
+        return OpaqueTensor(name, args)
+
+    return build
+
+
+def _tensor_from_numpy(
+    data: Any, dtype: Any, device: Any = None, requires_grad: Any = False
+) -> Any:
+    # XLA/TPU checkpoints: the bytes are a numpy array in the pickle itself
+    if not isinstance(data, NumpyArray):
+        raise pickle.UnpicklingError("_rebuild_device_tensor_from_numpy of a non-array")
+    rec = data.as_record()
+    rec.requires_grad = bool(requires_grad)
+    return rec
+
+
 def _rebuild_parameter(
     data: Any, requires_grad: Any, backward_hooks: Any = None, state: Any = None
 ) -> Any:
@@ -573,6 +697,7 @@ class NumpyArray:
     """A numpy array from a plain pickle, kept as dtype, shape and raw bytes."""
 
     def __init__(self, *args: Any) -> None:
+        self.module = "numpy.core.multiarray"  # where its _reconstruct was named
         self.shape: tuple[int, ...] = ()
         self.dtype = "uint8"
         self.byteorder = "<"
@@ -678,6 +803,12 @@ def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> NumpyArray:
     return NumpyArray()
 
 
+def _numpy2_reconstruct(subtype: Any, shape: Any, dtype: Any) -> NumpyArray:
+    arr = NumpyArray()
+    arr.module = "numpy._core.multiarray"  # written back under the name numpy 2 uses
+    return arr
+
+
 def _numpy_scalar(dtype: Any, raw: Any = b"") -> Any:
     if isinstance(dtype, NumpyDType) and isinstance(raw, bytes) and len(raw) <= 16:
         import struct
@@ -752,7 +883,7 @@ def _build_allowlist() -> dict[str, Any]:
         "torch.Tensor": TorchMarker("torch", "Tensor"),
         "torch.nn.parameter.Parameter": TorchMarker("torch.nn.parameter", "Parameter"),
         "numpy.core.multiarray._reconstruct": _numpy_reconstruct,
-        "numpy._core.multiarray._reconstruct": _numpy_reconstruct,
+        "numpy._core.multiarray._reconstruct": _numpy2_reconstruct,
         "numpy.ndarray": NumpyArray,
         "numpy.dtype": NumpyDType,
         "numpy.core.multiarray.scalar": _numpy_scalar,
@@ -761,6 +892,12 @@ def _build_allowlist() -> dict[str, Any]:
         "numpy._core.multiarray.scalar": _numpy_scalar,
     }
     allow.update(TORCHSCRIPT_HELPERS)
+    allow["torch._utils._rebuild_qtensor"] = _rebuild_qtensor
+    allow["torch._utils._rebuild_device_tensor_from_numpy"] = _tensor_from_numpy
+    for name in _OPAQUE_KINDS:
+        allow[f"torch._utils.{name}"] = _opaque(name)
+    for scheme in QSCHEMES:
+        allow[f"torch.{scheme}"] = TorchMarker("torch", scheme)
     for storage in STORAGE_DTYPES:
         allow[f"torch.{storage}"] = TorchMarker("torch", storage)
         allow[f"torch.storage.{storage}"] = TorchMarker("torch", storage)

@@ -27,7 +27,7 @@ from ckpt_tool.formats.survey import survey_file
 
 from . import pickle_writer
 from .chunks import Chunk, ChunkedStream, ChunkPipeline
-from .safe_pickle import DTYPE_SIZES, StorageRef, TensorRecord, contiguous_stride
+from .safe_pickle import DTYPE_SIZES, StorageRef, TensorRecord, contiguous_stride, view_key
 from .safetensors_io import TORCH_TO_ST
 from .zipwriter import ZipWriter, copy_range
 
@@ -314,13 +314,6 @@ def storage_backed(records: dict[str, TensorRecord], sources: Sources) -> dict[s
             storage, 0, rec.shape, stride, rec.dtype, rec.requires_grad, rec.is_parameter
         )
     return out
-
-
-def view_key(rec: TensorRecord) -> tuple[Any, ...]:
-    """Records with equal keys are the same tensor (tied weights), even as separate objects."""
-    if rec.storage is None:
-        return (id(rec),)
-    return (id(rec.storage), rec.offset, rec.shape, rec.stride, rec.dtype)
 
 
 # --- checksums ----------------------------------------------------------------------------------

@@ -161,6 +161,10 @@ def regex_plan(keys: Sequence[str], maps: Sequence[str]) -> RenamePlan:
         if applied:
             rules[k] = " then ".join(applied)
     plan = RenamePlan(pairs, rules=rules, unmatched=[m for m, u in used.items() if not u])
+    if all(old == new for old, new in pairs):
+        shown = ", ".join(repr(m) for _, _, m in compiled)
+        example = f" (keys look like {keys[0]!r})" if keys else ""
+        raise SurgeryError(f"--map {shown} renames no key; nothing to rename{example}")
     for m in plan.unmatched:
         plan.notes.append(f"--map {m!r} matched no key")
     plan.meta_fn = lambda m: rename(m + ".")[0].rstrip(".") if m else m
