@@ -7,12 +7,19 @@ index, or a DCP `.metadata` file. Tensor bytes stay on disk; `Checkpoint.locate`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputNotFound, UnreadableCheckpoint, UnsafeCheckpoint, WeightsNotFound
+from .errors import (
+    CkptError,
+    InputNotFound,
+    UnreadableCheckpoint,
+    UnsafeCheckpoint,
+    WeightsNotFound,
+)
 from .formats import dcp, safetensors_io, torch_zip
 from .formats.pickle_rules import DANGEROUS, NEEDS_CODE, SAFE
 from .formats.safe_pickle import (
@@ -27,7 +34,7 @@ from .formats.safe_pickle import (
     view_key,
     walk,
 )
-from .formats.survey import Finding, Survey, survey_file
+from .formats.survey import Finding, Mapped, Survey, survey_file
 
 # Keys under which training checkpoints keep their weights, in the order we pick a default.
 WEIGHT_KEYS = (
@@ -499,15 +506,16 @@ def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) ->
         ]
 
 
-def _check_storages(ckpt: Checkpoint, result: PickleResult) -> None:
+def _check_storages(ckpt: Checkpoint, result: PickleResult, what: str = "data.pkl") -> None:
     """Refuse tensors that claim more bytes than their record holds (mmap would over-read)."""
     if ckpt._zip is not None:
         for key, storage in result.storages.items():
-            info = ckpt._zip.storage_member(key)
+            info = ckpt._zip.storage_member(storage.key)
             if info is None:
+                folder = "" if "/" in storage.key else "data/"
                 raise UnreadableCheckpoint(
-                    f"{ckpt.path}: data.pkl references storage {key} but the archive has no "
-                    f"record {ckpt._zip.prefix}/data/{key}"
+                    f"{ckpt.path}: {what} references storage {key} but the archive has no "
+                    f"record {ckpt._zip.prefix}/{folder}{storage.key}"
                 )
             if storage.nbytes > info.file_size:
                 raise UnreadableCheckpoint(
@@ -599,9 +607,8 @@ def _load_zip(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
     index = survey.zip.index
     ckpt._zip = index
     if ckpt.format == "torch-export":
-        raise UnreadableCheckpoint(
-            f"{ckpt.path}: torch.export (.pt2) archives are not supported yet"
-        )
+        _load_pt2(ckpt, survey, weights)
+        return
     if not index.prefix or f"{index.prefix}/data.pkl" not in index.members:
         raise UnreadableCheckpoint(
             f"{ckpt.path}: zip archive without a data.pkl record where torch looks for it "
@@ -622,7 +629,239 @@ def _load_zip(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
                 "store members uncompressed (was the file re-zipped?)"
             )
     _check_storages(ckpt, result)
+    if ckpt.format == "torchscript":
+        _load_torchscript(ckpt, survey, result, weights)
+        return
     _from_pickle(ckpt, result, weights)
+
+
+# --- TorchScript ---------------------------------------------------------------------------
+
+_CLASS_DECL = re.compile(r"^class (\w+)\(Module\):\n((?:  .*\n)*)", re.M)
+_NAMES = re.compile(r'"([^"]*)"')
+
+
+def _declared_kinds(ckpt: Checkpoint, survey: Survey) -> dict[str, tuple[set[str], set[str]]]:
+    """`__torch__` class -> (parameter names, buffer names), from the archive's code/ files
+    (`__parameters__ = ["weight", "bias", ]`): read as text, never compiled."""
+    assert survey.zip is not None
+    index = survey.zip.index
+    code = f"{index.prefix}/code/"
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    with Mapped(ckpt.path) as buf:
+        for name, info in index.members.items():
+            if not name.startswith(code) or not name.endswith(".py"):
+                continue
+            try:
+                text = torch_zip.member_bytes(buf, survey.zip, info)[0].decode("utf-8", "replace")
+            except CkptError:
+                continue
+            module = name[len(code) : -len(".py")].replace("/", ".")
+            for cls, body in _CLASS_DECL.findall(text):
+                params = re.search(r"^  __parameters__ = \[(.*)\]", body, re.M)
+                buffers = re.search(r"^  __buffers__ = \[(.*)\]", body, re.M)
+                out[f"{module}.{cls}"] = (
+                    set(_NAMES.findall(params.group(1))) if params else set(),
+                    set(_NAMES.findall(buffers.group(1))) if buffers else set(),
+                )
+    return out
+
+
+def _is_script_module(obj: Any) -> bool:
+    name = global_name(obj)
+    return isinstance(obj, Inert) and name is not None and name.startswith("__torch__.")
+
+
+def script_tensors(
+    root: Any, declared: dict[str, tuple[set[str], set[str]]]
+) -> tuple[dict[str, TensorRecord], dict[str, str], set[str]]:
+    """Parameters and buffers of a TorchScript module tree, named as torch.jit.load(...)
+    .state_dict() names them: each module's own tensors, then its submodules, in attribute
+    order (a module shared under two names appears under both; only cycles are cut)."""
+    tensors: dict[str, TensorRecord] = {}
+    modules: dict[str, str] = {}
+    buffers: set[str] = set()
+    stack: list[tuple[str, Any, frozenset[int]]] = [("", root, frozenset())]
+    visits = 0
+    while stack:
+        prefix, mod, ancestors = stack.pop()
+        if id(mod) in ancestors:
+            continue
+        visits += 1
+        if visits > MAX_MODULE_PATHS:
+            raise UnreadableCheckpoint(
+                f"scripted model expands to more than {MAX_MODULE_PATHS:,} module paths"
+            )
+        cls = global_name(mod) or ""
+        modules[prefix.rstrip(".")] = cls.removeprefix("__torch__.")
+        params, bufs = declared.get(cls, (set(), set()))
+        subs = []
+        for name, value in _fields(mod).items():
+            if isinstance(value, TensorRecord):
+                known = name in params or name in bufs
+                if known or value.requires_grad:  # undeclared: a parameter if it trains
+                    tensors[prefix + name] = value
+                    if name in bufs or (not known and not value.requires_grad):
+                        buffers.add(prefix + name)
+                    else:
+                        value.is_parameter = True
+            elif _is_script_module(value):
+                subs.append((f"{prefix}{name}.", value, ancestors | {id(mod)}))
+        stack.extend(reversed(subs))
+    return tensors, modules, buffers
+
+
+def _load_torchscript(
+    ckpt: Checkpoint, survey: Survey, result: PickleResult, weights: str | None
+) -> None:
+    """A TorchScript archive's weights from data.pkl (the module tree) and, with
+    `--weights constants`, the tensors of constants.pkl; its code is never run."""
+    assert survey.zip is not None
+    ckpt.root = result.root
+    ckpt.layout = "module"
+    if not _is_script_module(result.root):
+        raise UnreadableCheckpoint(f"{ckpt.path}: TorchScript data.pkl holds no module")
+    records, ckpt.modules, buffers = script_tensors(result.root, _declared_kinds(ckpt, survey))
+    constants = dict(survey.pickles).get(f"{survey.zip.index.prefix}/constants.pkl")
+    consts: dict[str, TensorRecord] = {}
+    if constants is not None and constants.complete:
+        for ref in constants.storages.values():
+            ref.key = f"constants/{ref.key}"
+        _check_storages(ckpt, constants, "constants.pkl")
+        root = constants.root
+        items = root if isinstance(root, (list, tuple)) else []
+        consts = {str(i): t for i, t in enumerate(items) if isinstance(t, TensorRecord)}
+    ckpt.weight_sets = ["state_dict"] + (["constants"] if consts else [])
+    if weights == "constants" and consts:
+        ckpt.weights_key = "constants"
+        records, buffers = consts, set(consts)
+    elif weights not in (None, "state_dict"):
+        raise WeightsNotFound(
+            f"{ckpt.path}: no weights under {weights!r}; a TorchScript archive has "
+            f"{' and '.join(ckpt.weight_sets)}"
+        )
+    ckpt.tensors = _entries(records, buffers)
+    ckpt.frozen_recorded = False
+    ckpt.extras = {"constants": f"{len(consts)} tensors"} if consts else {}
+
+
+# --- torch.export (.pt2) -------------------------------------------------------------------
+
+# torch.export's ScalarType numbers (torch/_export/serde/schema.py)
+PT2_DTYPES = {
+    1: "uint8",
+    2: "int8",
+    3: "int16",
+    4: "int32",
+    5: "int64",
+    6: "float16",
+    7: "float32",
+    8: "float64",
+    10: "complex64",
+    11: "complex128",
+    12: "bool",
+    13: "bfloat16",
+    28: "uint16",
+    29: "float8_e4m3fn",
+    30: "float8_e5m2",
+    31: "float8_e4m3fnuz",
+    32: "float8_e5m2fnuz",
+    34: "uint32",
+    35: "uint64",
+}
+
+
+def _pt2_config(ckpt: Checkpoint, survey: Survey, name: str) -> dict[str, Any]:
+    assert survey.zip is not None
+    info = survey.zip.index.members.get(f"{survey.zip.index.prefix}/{name}")
+    if info is None:
+        return {}
+    with Mapped(ckpt.path) as buf:
+        text = torch_zip.member_bytes(buf, survey.zip, info)[0]
+    try:
+        config = json.loads(text).get("config")
+    except (ValueError, AttributeError):
+        raise UnreadableCheckpoint(f"{ckpt.path}: {name} is not valid JSON") from None
+    return config if isinstance(config, dict) else {}
+
+
+def _pt2_records(
+    ckpt: Checkpoint, config: dict[str, Any], folder: str, prefix: str
+) -> dict[str, TensorRecord]:
+    out: dict[str, TensorRecord] = {}
+    storages: dict[str, StorageRef] = {}
+    for fqn, meta in config.items():
+        if not isinstance(meta, dict):
+            continue
+        tm = meta.get("tensor_meta")
+        path_name = meta.get("path_name")
+        if meta.get("use_pickle") or not isinstance(tm, dict) or not isinstance(path_name, str):
+            raise UnreadableCheckpoint(
+                f"{ckpt.path}: {fqn!r} is stored as a pickled tensor in the .pt2 archive; "
+                "not supported yet"
+            )
+        dtype = PT2_DTYPES.get(tm.get("dtype", 0))
+        try:
+            shape = tuple(int(d["as_int"]) for d in tm["sizes"])
+            stride = tuple(int(d["as_int"]) for d in tm["strides"])
+            offset = int(tm["storage_offset"]["as_int"])
+        except (KeyError, TypeError, ValueError):
+            raise UnreadableCheckpoint(
+                f"{ckpt.path}: {fqn!r} has a malformed tensor_meta"
+            ) from None
+        if dtype is None:
+            raise UnreadableCheckpoint(f"{ckpt.path}: {fqn!r} has a dtype ckpt does not read")
+        key = f"{folder}/{path_name}"
+        info = ckpt._zip.storage_member(key) if ckpt._zip is not None else None
+        if info is None:
+            raise UnreadableCheckpoint(f"{ckpt.path}: {fqn!r}: record {key} is missing")
+        ref = storages.get(key)
+        if ref is None:
+            ref = storages[key] = StorageRef(
+                key, dtype, "cpu", info.file_size // max(1, DTYPE_SIZES[dtype])
+            )
+        rec = TensorRecord(ref, offset, shape, stride, dtype, bool(tm.get("requires_grad")))
+        rec.is_parameter = bool(meta.get("is_param"))
+        _check_view(ckpt, rec)
+        out[prefix + str(fqn)] = rec
+    return out
+
+
+def _load_pt2(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
+    """A torch.export archive: its weights (and, with `--weights constants`, its lifted
+    constants) from the archive's own JSON index; raw tensor records read in place."""
+    assert survey.zip is not None
+    if survey.verdict == DANGEROUS:
+        _main_pickle(ckpt, Survey(ckpt.path, survey.format, survey.findings))
+    index = survey.zip.index
+    models = sorted(
+        n[len(f"{index.prefix}/models/") : -len(".json")]
+        for n in index.members
+        if n.startswith(f"{index.prefix}/models/") and n.endswith(".json")
+    )
+    if not models:
+        raise UnreadableCheckpoint(f"{ckpt.path}: .pt2 archive without models/*.json")
+    sets: dict[str, dict[str, TensorRecord]] = {"weights": {}, "constants": {}}
+    for model in models:
+        prefix = f"{model}." if len(models) > 1 else ""
+        for kind, folder in (("weights", "data/weights"), ("constants", "data/constants")):
+            config = _pt2_config(ckpt, survey, f"{folder}/{model}_{kind}_config.json")
+            sets[kind].update(_pt2_records(ckpt, config, folder, prefix))
+    ckpt.layout = "state_dict"
+    ckpt.weight_sets = [k for k, v in sets.items() if v]
+    chosen = weights or "weights"
+    if chosen not in sets or (weights is not None and not sets[chosen]):
+        raise WeightsNotFound(
+            f"{ckpt.path}: no weights under {weights!r}; this .pt2 has "
+            f"{', '.join(ckpt.weight_sets) or 'none'}"
+        )
+    ckpt.weights_key = chosen if weights is not None else None
+    chosen_set = sets[chosen]
+    ckpt.tensors = _entries(chosen_set, {k for k, r in chosen_set.items() if not r.is_parameter})
+    ckpt.frozen_recorded = any(r.is_parameter for r in chosen_set.values())
+    ckpt.extras = {"models": ", ".join(models)}
+    if sets["constants"] and chosen != "constants":
+        ckpt.extras["constants"] = f"{len(sets['constants'])} tensors (--weights constants)"
 
 
 def _member_text(ckpt: Checkpoint, survey: Survey, info: Any) -> str:

@@ -21,7 +21,7 @@ from ckpt_tool.checkpoint import (
     is_module_record,
     tensors_in,
 )
-from ckpt_tool.errors import OutputRefused, UnsafeCheckpoint
+from ckpt_tool.errors import OutputRefused, SurgeryError, UnsafeCheckpoint
 from ckpt_tool.formats import writer
 from ckpt_tool.formats.safe_pickle import TensorRecord
 from ckpt_tool.surgery.rename import RenamePlan, rename_metadata
@@ -76,6 +76,12 @@ def rebuild(
     weights_only: bool = False,
 ) -> Output:
     """Put new weight items back into the checkpoint's container, keeping everything else."""
+    if not weights_only and ckpt.format in ("torchscript", "torch-export"):
+        kind = "a TorchScript archive" if ckpt.format == "torchscript" else "a torch.export archive"
+        raise SurgeryError(
+            f"{ckpt.path}: {kind} cannot be rewritten without its code; write its weights as a "
+            f"state_dict first (`ckpt extract {ckpt.path} -o weights.pth`), then edit those"
+        )
     old = weights_container(ckpt)
     new: dict[Any, Any] = type(old)() if isinstance(old, dict) else collections.OrderedDict()
     # numpy arrays (plain pickles) become tensor records once, so root and weights agree

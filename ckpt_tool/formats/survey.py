@@ -208,6 +208,19 @@ def _nested_payloads(survey: Survey, member: str, result: PickleResult, buf: Any
                     )
 
 
+def survey_nested(data: bytes, parent: Survey, label: str) -> None:
+    """A whole file inside another (a torch zip in a zip member): its findings, labelled."""
+    if label.count(" > ") >= MAX_NESTING:
+        parent.flag(ERROR, "unreadable", "files nested too deeply to read", label)
+        return
+    inner = Survey(parent.path, "nested")
+    survey_buffer(data, inner)
+    parent.pickles.extend((f"{label} > {m}", r) for m, r in inner.pickles)
+    for f in inner.findings:
+        f.member = f"{label} > {f.member}"
+        parent.findings.append(f)
+
+
 def _payload_safe(payload: bytes, parent: Survey) -> bool:
     inner = Survey(parent.path, "bytes")
     survey_buffer(payload, inner)
@@ -486,6 +499,9 @@ def _survey_zip(buf: Any, survey: Survey) -> None:
                 "pickle is judged all the same)",
                 info.filename,
             )
+        if kind == "zip":
+            survey_nested(data, survey, info.filename)
+            continue
         result = read_pickle(data, 0, survey.data_classes)
         looked_like = not (result.complete and result.globals) and result.verdict() != DANGEROUS
         if kind == "maybe" and looked_like:
@@ -554,7 +570,9 @@ def _pickle_member(index: torch_zip.ZipIndex, info: zipfile.ZipInfo, buf: Any) -
         return None
     if info.compress_type != zipfile.ZIP_STORED:
         return "maybe"
-    head = bytes(buf[offset : offset + 2])
+    head = bytes(buf[offset : offset + 4])
+    if head == torch_zip.ZIP_MAGIC:
+        return "zip"  # a torch file inside (.pt2 weights and sample inputs: torch.load'ed)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     return "maybe" if head[0] in _PICKLE_STARTS else None

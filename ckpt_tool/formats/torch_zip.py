@@ -45,6 +45,10 @@ class ZipIndex:
     byteorder: str = "little"
 
     def storage_member(self, key: str) -> zipfile.ZipInfo | None:
+        """The record of a storage key: `data/KEY`, or a folder named in the key itself
+        (`constants/0` for TorchScript's constants, `data/weights/weight_0` in .pt2)."""
+        if "/" in key:
+            return self.members.get(f"{self.prefix}/{key}")
         return self.members.get(f"{self.prefix}/data/{key}")
 
     def data_offset(self, info: zipfile.ZipInfo) -> int:
