@@ -1052,19 +1052,50 @@ def _load_sharded(ckpt: Checkpoint, index_path: Path, weights: str | None) -> No
 
 
 def _load_dcp(ckpt: Checkpoint, weights: str | None) -> None:
+    """A DCP folder. Saved as `dcp.save({"model": ..., "optim": ...})` (the tutorials' way)
+    it is a training layout whose weight sets are the top-level entries; tensors are read
+    one batch at a time through torch's own DCP reader."""
     index = dcp.read_dcp(ckpt.path)
     ckpt.survey = index.survey
-    ckpt.layout = "state_dict"
-    records = {}
-    for e in index.tensors:
-        records[e.key] = TensorRecord(
-            None, 0, e.shape, contiguous_stride(e.shape), e.dtype, rebuild="dcp"
-        )
-    ckpt.tensors = _entries(records, None)
-    ckpt.extras = dict.fromkeys(index.other_items, "non-tensor item")
     ckpt.files = sorted(p for p in ckpt.path.iterdir() if p.is_file())
+    nested = [e for e in index.tensors if len(e.path) > 1]
+    groups = list(dict.fromkeys(e.path[0] for e in nested))
+    candidates = [g for g in groups if g not in STATE_KEYS]
     if weights is not None:
-        raise WeightsNotFound(f"{ckpt.path}: --weights is not supported for DCP folders")
+        if weights not in groups:
+            raise WeightsNotFound(
+                f"{ckpt.path}: no weights under {weights!r}; weight sets found: "
+                f"{', '.join(groups) or 'none (a flat state_dict)'}"
+            )
+        chosen: str | None = weights
+    elif any(g in WEIGHT_KEYS for g in candidates):
+        chosen = min((g for g in candidates if g in WEIGHT_KEYS), key=WEIGHT_KEYS.index)
+    else:
+        chosen = candidates[0] if len(candidates) == 1 else None
+    records: dict[str, TensorRecord] = {}
+    for e in index.tensors:
+        if chosen is not None and (len(e.path) < 2 or e.path[0] != chosen):
+            continue
+        name = ".".join(e.path[1:]) if chosen is not None else e.key
+        records[name] = TensorRecord(
+            None, 0, e.shape, contiguous_stride(e.shape), e.dtype, rebuild="dcp", metadata=e.key
+        )
+    ckpt.weight_sets = groups
+    if chosen is not None:
+        ckpt.layout, ckpt.weights_key = "training", chosen
+        counts: dict[str, int] = {}
+        for e in index.tensors:
+            group = e.path[0] if len(e.path) > 1 else e.key
+            if group != chosen:
+                counts[group] = counts.get(group, 0) + 1
+        ckpt.extras = {g: f"{n} tensors" for g, n in counts.items()}
+        others = [k for k in index.other_items if not k.startswith(f"{chosen}.")]
+        if others:
+            ckpt.extras["non-tensor items"] = f"{len(others)} ({', '.join(others[:3])} ...)"
+    else:
+        ckpt.layout = "state_dict"
+        ckpt.extras = dict.fromkeys(index.other_items, "non-tensor item")
+    ckpt.tensors = _entries(records, None)
 
 
 def load(path: str | Path, weights: str | None = None) -> Checkpoint:

@@ -82,6 +82,13 @@ def rebuild(
             f"{ckpt.path}: {kind} cannot be rewritten without its code; write its weights as a "
             f"state_dict first (`ckpt extract {ckpt.path} -o weights.pth`), then edit those"
         )
+    if ckpt.layout == "training" and not isinstance(ckpt.root, dict) and not weights_only:
+        raise SurgeryError(
+            f"{ckpt.path}: the other entries of this {ckpt.format} checkpoint "
+            f"({', '.join(list(ckpt.extras)[:3])}) cannot be carried into a single file; "
+            f"`ckpt extract {ckpt.path}` or `ckpt convert` write the weights under "
+            f"{ckpt.weights_key!r}"
+        )
     old = weights_container(ckpt)
     new: dict[Any, Any] = type(old)() if isinstance(old, dict) else collections.OrderedDict()
     # numpy arrays (plain pickles) become tensor records once, so root and weights agree
@@ -109,7 +116,11 @@ def rebuild(
                 "needed to load it: model.load_state_dict(torch.load(...)))"
             )
         elif ckpt.layout == "training":
-            dropped = [k for k in ckpt.root if k != ckpt.weights_key]
+            dropped = (
+                [k for k in ckpt.root if k != ckpt.weights_key]
+                if isinstance(ckpt.root, dict)
+                else list(ckpt.extras)
+            )
             notes.append(
                 f"kept only the weights under {ckpt.weights_key!r}; dropped "
                 f"{', '.join(map(str, dropped))}"

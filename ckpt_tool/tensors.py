@@ -44,7 +44,7 @@ class TensorReader:
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self._maps: dict[Path, mmap.mmap] = {}
-        self._dcp: dict[str, Any] | None = None
+        self._dcp_batch: dict[str, Any] = {}
         self._fds: dict[Path, int] = {}
 
     def _map(self, path: Path) -> mmap.mmap:
@@ -87,7 +87,7 @@ class TensorReader:
 
         rec = entry.record
         if rec.rebuild == "dcp":
-            return self._read_dcp(entry.key)
+            return self._read_dcp(entry)
         if rec.inline is not None:
             if not rec.inline:
                 return torch.empty(rec.shape, dtype=torch_dtype(rec.dtype))
@@ -188,13 +188,27 @@ class TensorReader:
         for buf in self.raw_chunks(entry, elements):
             yield torch.frombuffer(buf, dtype=dtype)
 
-    def _read_dcp(self, key: str) -> torch.Tensor:
-        if self._dcp is None:
-            self._dcp = load_dcp_state_dict(self.ckpt.path)
-        value = self._dcp.get(key)
+    def _read_dcp(self, entry: TensorEntry) -> torch.Tensor:
+        """A DCP tensor, read through torch's DCP reader with the tensors after it, up to
+        DCP_BATCH_BYTES at a time: memory stays near one batch, whatever the model's size."""
+        fqn = entry.record.metadata if isinstance(entry.record.metadata, str) else entry.key
+        if fqn not in self._dcp_batch:
+            batch: dict[str, tuple[tuple[int, ...], str]] = {}
+            size = 0
+            keys = list(self.ckpt.tensors)
+            start = keys.index(entry.key) if entry.key in keys else 0
+            for key in [entry.key, *keys[start + 1 :]]:
+                rec = self.ckpt.tensors[key].record if key in self.ckpt.tensors else entry.record
+                name = rec.metadata if isinstance(rec.metadata, str) else key
+                if name in batch or (batch and size + rec.nbytes > DCP_BATCH_BYTES):
+                    break
+                batch[name] = (rec.shape, rec.dtype)
+                size += rec.nbytes
+            self._dcp_batch = load_dcp_tensors(self.ckpt.path, batch)
+        value = self._dcp_batch.pop(fqn, None)
         if value is None:
-            raise UnreadableCheckpoint(f"{self.ckpt.path}: DCP item {key!r} could not be read")
-        return value  # type: ignore[no-any-return]
+            raise UnreadableCheckpoint(f"{self.ckpt.path}: DCP item {fqn!r} could not be read")
+        return value
 
     def iter(self) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
         for entry in self.ckpt.tensors.values():
@@ -215,8 +229,19 @@ class TensorReader:
         self.close()
 
 
-def load_dcp_state_dict(folder: Path) -> dict[str, Any]:
-    """All tensors of a DCP folder, through torch's own reader, after our safety check."""
+DCP_BATCH_BYTES = 64 << 20
+
+
+def load_dcp_tensors(
+    folder: Path, wanted: dict[str, tuple[tuple[int, ...], str]]
+) -> dict[str, torch.Tensor]:
+    """Some tensors of a DCP folder, by FQN, through torch's own reader and load planner
+    (which reassembles tensors sharded over many ranks' files), after our safety check.
+    Only tensor items are read: torch's planner unpickles bytes items without restrictions."""
+    import torch
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
     index = dcp.read_dcp(folder)
     bad = index.survey.names("dangerous")
     if bad:
@@ -224,31 +249,45 @@ def load_dcp_state_dict(folder: Path) -> dict[str, Any]:
             f"{folder}: {bad[0]} (dangerous content in the DCP folder); refused "
             "(run `ckpt scan` on it)"
         )
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.filesystem import FileSystemReader
-    from torch.distributed.checkpoint.planner import LoadItemType
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
-    class TensorsOnlyPlanner(_EmptyStateDictLoadPlanner):
-        # torch's planner reads non-tensor items with torch.load(weights_only=False), so a
-        # pickle stored as a DCP bytes item would run here. Only tensors are read; bytes
-        # items are left out of the plan and never unpickled.
-        def create_local_plan(self) -> Any:
-            plan = super().create_local_plan()
-            plan.items = [i for i in plan.items if i.type != LoadItemType.BYTE_IO]
-            return plan
-
-        def load_bytes(self, read_item: Any, value: Any) -> None:
-            raise UnsafeCheckpoint(f"{folder}: refused to unpickle a DCP bytes item")
-
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {
+        fqn: torch.empty(shape, dtype=torch_dtype(dtype)) for fqn, (shape, dtype) in wanted.items()
+    }
     try:
         _load_state_dict(
             state,
-            storage_reader=FileSystemReader(str(folder)),
-            planner=TensorsOnlyPlanner(),  # type: ignore[no-untyped-call]
+            storage_reader=_metadata_reader(folder),
+            planner=DefaultLoadPlanner(),
             no_dist=True,
         )
     except Exception as exc:  # torch's reader raises many types for a damaged folder
         raise UnreadableCheckpoint(f"{folder}: DCP data could not be read ({exc})") from None
     return state
+
+
+_READERS: dict[tuple[Any, ...], Any] = {}
+
+
+def _metadata_reader(folder: Path) -> Any:
+    """torch's FileSystemReader, reading `.metadata` (already judged safe) once per folder."""
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+
+    class CachedReader(FileSystemReader):
+        _cached: Any = None
+
+        def read_metadata(self) -> Any:
+            if self._cached is None:
+                self._cached = super().read_metadata()
+            return self._cached
+
+    meta = (folder / ".metadata").stat()
+    key = (folder.resolve(), meta.st_mtime_ns, meta.st_size, meta.st_ino)
+    if key not in _READERS:
+        _READERS.clear()  # one folder at a time is enough
+        _READERS[key] = CachedReader(str(folder))
+    return _READERS[key]
+
+
+def load_dcp_state_dict(folder: Path) -> dict[str, Any]:
+    """All tensors of a DCP folder by FQN (for verification of small outputs)."""
+    index = dcp.read_dcp(folder)
+    return load_dcp_tensors(folder, {e.key: (e.shape, e.dtype) for e in index.tensors})

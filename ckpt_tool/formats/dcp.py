@@ -46,10 +46,11 @@ _DCP = "torch.distributed.checkpoint.metadata"
 class DCPEntry:
     """One tensor a DCP folder holds (its global shape and dtype)."""
 
-    key: str
+    key: str  # the flattened name DCP stores it under (its FQN)
     dtype: str
     shape: tuple[int, ...]
     chunks: int
+    path: tuple[str, ...] = ()  # where it sat in the saved state dict ("model", "conv1.weight")
 
 
 @dataclass
@@ -164,6 +165,8 @@ def read_dcp(folder: Path, survey: Survey | None = None) -> DCPIndex:
         )
     tensors: list[DCPEntry] = []
     other: list[str] = []
+    planner = root.get("planner_data")
+    paths = planner if isinstance(planner, dict) else {}
     for key, item in sd_meta.items():
         f = fields(item)
         props = f.get("properties")
@@ -173,12 +176,14 @@ def read_dcp(folder: Path, survey: Survey | None = None) -> DCPIndex:
         dtype = state[0] if isinstance(state, tuple) and state else fields(props).get("dtype")
         if isinstance(size, tuple) and isinstance(dtype, DType):
             chunks = f.get("chunks")
+            path = paths.get(key)
             tensors.append(
                 DCPEntry(
                     str(key),
                     dtype.name,
                     tuple(size),
                     len(chunks) if isinstance(chunks, list) else 1,
+                    tuple(str(p) for p in path) if isinstance(path, (tuple, list)) else (),
                 )
             )
         else:

@@ -1,0 +1,129 @@
+"""DCP saved the tutorials' way and by FSDP2 across two gloo processes: read as a training
+layout (weight sets `model`, `optim`), converted bit-exactly, and back to DCP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_json
+from safetensors.torch import load_file
+
+FSDP_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+out = sys.argv[1]
+dist.init_process_group("gloo")
+mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+torch.manual_seed(0)
+model = torch.nn.Sequential(
+    torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 6), torch.nn.LayerNorm(6)
+)
+for layer in model:
+    if isinstance(layer, torch.nn.Linear):
+        fully_shard(layer, mesh=mesh)
+fully_shard(model, mesh=mesh)
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+model(torch.randn(5, 8)).sum().backward()
+opt.step()
+dcp.save({"model": model.state_dict(), "optim": opt.state_dict()}, checkpoint_id=out + "/dcp")
+full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+if dist.get_rank() == 0:
+    torch.save(full, out + "/full.pt")
+dist.destroy_process_group()
+"""
+
+
+@pytest.fixture(scope="module")
+def fsdp_dcp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A DCP folder written by 2 gloo processes with FSDP2-sharded tensors, and the full
+    state_dict FSDP itself gathers (the reference)."""
+    work = tmp_path_factory.mktemp("fsdp")
+    script = work / "save.py"
+    script.write_text(FSDP_SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", str(script), str(work)],
+        capture_output=True, text=True, timeout=240, env=env, cwd=work,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(p.name for p in (work / "dcp").iterdir())
+    assert "__0_0.distcp" in files and "__1_0.distcp" in files, files  # chunks on both ranks
+    return work / "dcp", torch.load(work / "full.pt", weights_only=True)
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)), k
+
+
+def test_inspect_sees_weight_sets(fsdp_dcp: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    folder, full = fsdp_dcp
+    code, rep = run_json(["inspect", folder])
+    assert code == 0, rep
+    assert rep["layout"] == "training" and rep["weights"]["key"] == "model"
+    assert rep["weights"]["candidates"] == ["model", "optim"]
+    assert [t["key"] for t in rep["tensors"]] == list(full)
+    assert rep["prefix"]["lightning"] is False  # `model` is a weight set, not a prefix
+    code, rep = run_json(["inspect", folder, "--weights", "optim"])
+    assert code == 0 and any(t["key"].endswith("exp_avg") for t in rep["tensors"])
+    code, scan = run_json(["scan", folder])
+    assert code == 0 and scan["files"][0]["verdict"] == "safe"
+
+
+@pytest.mark.parametrize("ext", [".pth", ".safetensors"])
+def test_convert_is_bit_exact(
+    fsdp_dcp: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path, ext: str
+) -> None:
+    folder, full = fsdp_dcp
+    out = tmp_path / f"w{ext}"
+    code, rep = run_json(["convert", folder, "-o", out])
+    assert code == 0, rep
+    got = torch.load(out, weights_only=True) if ext == ".pth" else load_file(out)
+    _same(dict(got), full)
+
+
+def test_convert_to_shards_and_back_to_dcp(
+    fsdp_dcp: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    folder, full = fsdp_dcp
+    shards = tmp_path / "hf" / "model.safetensors"
+    shards.parent.mkdir()
+    code, rep = run_json(["convert", folder, "-o", shards, "--max-shard-size", "1KB"])
+    assert code == 0 and len(rep["shards"]) > 1, rep
+    merged: dict[str, torch.Tensor] = {}
+    for shard in rep["shards"]:
+        merged.update(load_file(shard))
+    _same({k: merged[k] for k in full}, full)
+    pth = tmp_path / "w.pth"
+    assert run_json(["convert", folder, "-o", pth])[0] == 0
+    back = tmp_path / "back_dcp"
+    code, rep = run_json(["convert", pth, "--to-dcp", "-o", back])
+    assert code == 0, rep
+    import torch.distributed.checkpoint as dcp
+
+    state = {k: torch.empty_like(v) for k, v in full.items()}
+    dcp.load(state, checkpoint_id=str(back))  # torch's own reader takes it back
+    _same(state, full)
+
+
+def test_container_writes_refuse_to_lose_the_optimizer(
+    fsdp_dcp: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    folder, _ = fsdp_dcp
+    from conftest import run_cli
+
+    result = run_cli(["rename", folder, "--map", "^0\\.=first.", "-o", tmp_path / "s.pth"])
+    assert result.exit_code == 1 and "optim" in result.stderr
+    assert not (tmp_path / "s.pth").exists()
