@@ -27,6 +27,17 @@ from ckpt_tool.formats.safe_pickle import TensorRecord
 from ckpt_tool.surgery.rename import RenamePlan, rename_metadata
 
 
+def refuse_rewrite(ckpt: Checkpoint) -> None:
+    """Container-preserving writes need a container: TorchScript and torch.export archives
+    are refused (their code or graph would be lost), pointing to `ckpt extract`."""
+    if ckpt.format in ("torchscript", "torch-export"):
+        kind = "a TorchScript archive" if ckpt.format == "torchscript" else "a torch.export archive"
+        raise SurgeryError(
+            f"{ckpt.path}: {kind} cannot be rewritten without its code; write its weights as a "
+            f"state_dict first (`ckpt extract {ckpt.path} -o weights.pth`), then edit those"
+        )
+
+
 def refuse_dangerous(ckpt: Checkpoint) -> None:
     """Write commands do not touch files that reach dangerous callables."""
     if ckpt.dangerous:
@@ -76,12 +87,8 @@ def rebuild(
     weights_only: bool = False,
 ) -> Output:
     """Put new weight items back into the checkpoint's container, keeping everything else."""
-    if not weights_only and ckpt.format in ("torchscript", "torch-export"):
-        kind = "a TorchScript archive" if ckpt.format == "torchscript" else "a torch.export archive"
-        raise SurgeryError(
-            f"{ckpt.path}: {kind} cannot be rewritten without its code; write its weights as a "
-            f"state_dict first (`ckpt extract {ckpt.path} -o weights.pth`), then edit those"
-        )
+    if not weights_only:
+        refuse_rewrite(ckpt)
     if ckpt.layout == "training" and not isinstance(ckpt.root, dict) and not weights_only:
         raise SurgeryError(
             f"{ckpt.path}: the other entries of this {ckpt.format} checkpoint "
@@ -110,7 +117,12 @@ def rebuild(
     else:
         root = new
         key = None
-        if ckpt.layout == "module":
+        if ckpt.format == "torchscript":
+            notes.append(
+                "TorchScript module's weights written as a state_dict, named as "
+                "torch.jit.load(...).state_dict() names them"
+            )
+        elif ckpt.layout == "module":
             notes.append(
                 "whole pickled model written as a state_dict (its class code is not "
                 "needed to load it: model.load_state_dict(torch.load(...)))"

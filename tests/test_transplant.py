@@ -264,10 +264,22 @@ def test_mlp_other_width_fails_min_coverage_and_writes_nothing(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.pth"]
 
 
-def test_low_coverage_warns_without_min_coverage(tmp_path: Path) -> None:
+def test_copying_nothing_fails_by_default(tmp_path: Path) -> None:
+    """The default --min-coverage (1 %) makes a transplant that copies nothing exit 3 with
+    nothing written; --min-coverage 0 turns the check off and only warns."""
     src = tmp_path / "mlp.pth"
     torch.save(mlp().state_dict(), src)
-    result = run_cli(["transplant", src, "--into", "mlp", "--arch-arg", "hidden=64", "--dry-run"])
+    out = tmp_path / "o.pth"
+    result = run_cli(["transplant", src, "--into", "mlp", "--arch-arg", "hidden=64", "-o", out])
+    assert result.exit_code == 3 and not out.exists()
+    assert "only 0.0% of mlp's parameters were copied" in result.stderr
+    assert "--min-coverage 1" in result.stderr
+    code, r = run_json(["transplant", src, "--into", "mlp", "--arch-arg", "hidden=64", "-o", out])
+    assert code == 3 and r["coverage"]["min"] == 1.0 and r["coverage"]["ok"] is False
+    result = run_cli(
+        ["transplant", src, "--into", "mlp", "--arch-arg", "hidden=64", "--dry-run",
+         "--min-coverage", "0"]
+    )  # fmt: skip
     assert result.exit_code == 0
     assert "warning: only 0.0% of mlp's parameters were copied" in result.stderr
 
@@ -316,13 +328,19 @@ def test_suffix_match_and_map(tmp_path: Path) -> None:
     sd = {f"backbone.{k}": v for k, v in ConvNet().state_dict().items()}
     src = tmp_path / "bb.pth"
     torch.save(sd, src)
-    code, r = run_json(["transplant", src, "--into", "convnet", "--dry-run"])
-    assert code == 0 and r["totals"]["copied_keys"] == 0 and len(r["unused"]) == 16
-    code, r = run_json(["transplant", src, "--into", "convnet", "--match", "suffix"])
-    assert code == 0 and set(statuses(r).values()) == {"renamed"}
-    assert r["keys"][0]["source_key"] == "backbone.layer1.0.weight"
-    assert r["keys"][0]["rule"] == "suffix match"
+    # a prefix on the source side only is found and removed, and said so
+    code, r = run_json(["transplant", src, "--into", "convnet"])
+    assert code == 0 and r["totals"]["copied_keys"] == 16 and not r["unused"], r["totals"]
+    assert any("removed 'backbone.'" in n for n in r["notes"]), r["notes"]
     check_output(r, ConvNet(), sd, prefix="backbone.")
+    # --match suffix: the leftover prefix every unambiguous pair shares settles ties
+    deep = {**sd, "backbone.extra.layer1.0.weight": sd["backbone.layer1.0.weight"]}
+    torch.save(deep, src)
+    code, r = run_json(["transplant", src, "--into", "convnet", "--match", "suffix", "--force"])
+    assert code == 0, r
+    rows = {row["key"]: row for row in r["keys"]}
+    assert rows["layer1.0.weight"]["source_key"] == "backbone.layer1.0.weight"
+    torch.save(sd, src)
     code, r = run_json(
         ["transplant", src, "--into", "convnet", "--map", r"^backbone\.=", "--force"]
     )
@@ -396,9 +414,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     torch.save(ConvNet().state_dict(), src)
     empty = tmp_path / "empty.pth"
     torch.save({"epoch": 3}, empty)
-    ambiguous = tmp_path / "amb.pth"
+    ambiguous = tmp_path / "amb.pth"  # two whole copies: neither prefix is the one
     sd = ConvNet().state_dict()
-    torch.save({**{f"a.{k}": v for k, v in sd.items()}, "b.fc.weight": sd["fc.weight"]}, ambiguous)
+    torch.save({**{f"a.{k}": v for k, v in sd.items()}, **{f"b.{k}": v for k, v in sd.items()}},
+               ambiguous)  # fmt: skip
     cases = [
         (["transplant", src, "--into", "convnett"], "close matches: convnet"),
         (["transplant", src, "--into", "convnet", "--arch-arg", "depth=3"], "no argument 'depth'"),
@@ -406,7 +425,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
         (["transplant", empty, "--into", "convnet"], "no tensors to transplant"),
         (
             ["transplant", ambiguous, "--into", "convnet", "--match", "suffix"],
-            "'a.fc.weight', 'b.fc.weight'",
+            "'a.layer1.0.weight', 'b.layer1.0.weight'",
         ),
     ]
     before = sorted(p.name for p in tmp_path.iterdir())

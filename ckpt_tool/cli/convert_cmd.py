@@ -37,6 +37,7 @@ from ckpt_tool.edit import (
     rebuild,
     refuse_dangerous,
     refuse_drops,
+    refuse_rewrite,
     safetensors_metadata,
     weight_items,
 )
@@ -119,6 +120,7 @@ def cast(
     """
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
+    refuse_rewrite(ckpt)
     casting = _casting(ckpt, dtype, keep, keep_norm, strict)
     with casting.reader:
         _refuse_no_change(ckpt, casting)

@@ -28,7 +28,7 @@ from ckpt_tool.cli.common import (
     exit_if_dangerous,
 )
 from ckpt_tool.cli.write import finish
-from ckpt_tool.edit import refuse_dangerous
+from ckpt_tool.edit import refuse_dangerous, refuse_rewrite
 from ckpt_tool.errors import UsageError
 from ckpt_tool.surgery.freeze import batchnorm_layers, plan_freeze
 
@@ -111,6 +111,7 @@ def freeze(
     patterns, path = split_args(args, only or [])
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
+    refuse_rewrite(ckpt)
     params, others = parameter_state(ckpt)
     plan = plan_freeze(
         params,

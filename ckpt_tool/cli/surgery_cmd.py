@@ -19,7 +19,7 @@ from ckpt_tool.cli.common import (
     boundary,
 )
 from ckpt_tool.cli.write import finish
-from ckpt_tool.edit import apply_plan, rebuild, refuse_dangerous, weight_items
+from ckpt_tool.edit import apply_plan, rebuild, refuse_dangerous, refuse_rewrite, weight_items
 from ckpt_tool.surgery.rename import RenamePlan, add_plan, regex_plan, strip_plan
 
 PrefixOpt = Annotated[
@@ -64,6 +64,7 @@ def strip_module(
     """
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
+    refuse_rewrite(ckpt)
     plan = strip_plan([k for k, _ in weight_items(ckpt)], prefix, partial)
     finish(
         "strip-module",
@@ -98,6 +99,7 @@ def add_module(
     """
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
+    refuse_rewrite(ckpt)
     plan = add_plan([k for k, _ in weight_items(ckpt)], prefix or "module.")
     finish(
         "add-module",
@@ -140,6 +142,7 @@ def rename(
     """
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
+    refuse_rewrite(ckpt)
     plan = regex_plan([k for k, _ in weight_items(ckpt)], maps)
     finish(
         "rename",

@@ -29,6 +29,7 @@ from ckpt_tool.surgery import transplant as tp
 from .archs_cmd import ArchArgOpt, InChansOpt, IntoOpt, NumClassesOpt
 
 WARN_UNDER_PCT = 50.0
+DEFAULT_MIN_COVERAGE = 1.0  # copying nothing is a failure; a head swap copies far more
 
 
 class Match(str, Enum):
@@ -87,16 +88,17 @@ def transplant(
         ),
     ] = False,
     min_coverage: Annotated[
-        float | None,
+        float,
         typer.Option(
             "--min-coverage",
             min=0.0,
             max=100.0,
             metavar="PCT",
             help="Fail (exit 3, nothing written) if under PCT % of the target's parameters "
-            "were copied. Default: warn under 50 %.",
+            "were copied (default 1: copying nothing always fails, a new head passes; a "
+            "warning under 50 %; 0 turns the check off).",
         ),
-    ] = None,
+    ] = DEFAULT_MIN_COVERAGE,
     output: OutputOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
@@ -149,7 +151,7 @@ def transplant(
         "notes": plan.notes,
     }
     pct = report["totals"]["coverage_pct"]
-    ok = min_coverage is None or pct >= min_coverage
+    ok = pct >= min_coverage
     report["coverage"] = {"pct": pct, "min": min_coverage, "ok": ok}
     if not ok:
         if json_out:
@@ -165,11 +167,11 @@ def transplant(
             f"--min-coverage {min_coverage:g}; nothing written (check the architecture, "
             "--map or --match suffix)"
         )
-    if min_coverage is None and pct < WARN_UNDER_PCT:
+    if pct < WARN_UNDER_PCT:
         render.warn(
             f"only {pct:.1f}% of {built.spec.label}'s parameters were copied from {ckpt.path}; "
             "the rest keeps its initialisation (check the architecture, --map, --match suffix; "
-            "--min-coverage PCT makes this an error)"
+            f"--min-coverage {WARN_UNDER_PCT:g} makes this an error)"
         )
     if not json_out:
         render.transplant_report(report, str(ckpt.path))

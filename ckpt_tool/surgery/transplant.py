@@ -158,14 +158,16 @@ def _wrapper_prefix(source: Sequence[str], target: Sequence[str]) -> tuple[str, 
 def _suffix_pairs(targets: Sequence[str], candidates: Collection[str]) -> dict[str, str]:
     """Target key -> source name sharing the longest dotted suffix, one ending with the other.
 
-    The detectron2 rule: `backbone.layer1.conv.weight` pairs with `layer1.conv.weight`. A target
-    with two equally good candidates, or a source key claimed by two targets, is an error.
+    The detectron2 rule: `backbone.layer1.conv.weight` pairs with `layer1.conv.weight`. Where a
+    target has several equally good candidates, the one whose leftover prefix (`backbone.`) is
+    the one the unambiguous pairs share wins; still two, or a source key claimed by two
+    targets, is an error.
     """
     by_leaf: dict[str, list[list[str]]] = collections.defaultdict(list)
     for c in candidates:
         parts = c.split(".")
         by_leaf[parts[-1]].append(parts)
-    chosen: dict[str, str] = {}
+    options: dict[str, tuple[list[str], int]] = {}
     for t in targets:
         tp = t.split(".")
         best: list[str] = []
@@ -178,14 +180,27 @@ def _suffix_pairs(targets: Sequence[str], candidates: Collection[str]) -> dict[s
                 best, score = [".".join(cp)], n
             elif n == score:
                 best.append(".".join(cp))
+        if best:
+            options[t] = (best, score)
+
+    def leftover(name: str, score: int) -> str:
+        return ".".join(name.split(".")[:-score])
+
+    shared = collections.Counter(
+        leftover(b[0], n) for b, n in options.values() if len(b) == 1
+    ).most_common(1)
+    chosen: dict[str, str] = {}
+    for t, (best, score) in options.items():
+        if len(best) > 1 and shared:
+            narrowed = [b for b in best if leftover(b, score) == shared[0][0]]
+            best = narrowed or best
         if len(best) > 1:
             shown = ", ".join(repr(b) for b in sorted(best)[:4])
             raise SurgeryError(
                 f"--match suffix is ambiguous: target key {t!r} matches {len(best)} source keys "
                 f"equally well ({shown}); rename them apart with --map 'REGEX=REPLACEMENT'"
             )
-        if best:
-            chosen[t] = best[0]
+        chosen[t] = best[0]
     owners: dict[str, str] = {}
     for t, c in chosen.items():
         if c in owners:
@@ -195,6 +210,47 @@ def _suffix_pairs(targets: Sequence[str], candidates: Collection[str]) -> dict[s
             )
         owners[c] = t
     return chosen
+
+
+# Prefixes one side's keys often carry and the other's do not (a backbone inside a detector,
+# an encoder inside an autoencoder, a framework's wrapper module).
+ONE_SIDED = ("backbone.", "encoder.", "model.", "net.", "module.", "body.", "features.", "base.")
+
+
+def _one_sided_prefix(
+    names: Mapping[str, str], target: Sequence[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Source names (matched name -> key) with a prefix removed from, or added to, every name
+    when that matches strictly more target keys than leaving them be and no other prefix does
+    as well; notes say what was done, or which --map would do it."""
+    wanted = set(target)
+    base = sum(n in wanted for n in names)
+    tried: list[tuple[int, str, dict[str, str]]] = []
+    firsts = collections.Counter(n.split(".", 1)[0] + "." for n in names if "." in n)
+    prefixes = [p for p in ONE_SIDED if firsts.get(p)] + [
+        p for p, c in firsts.most_common(1) if c >= 0.9 * len(names) and p not in ONE_SIDED
+    ]
+    for p in prefixes:
+        removed = {n[len(p) :]: k for n, k in names.items() if n.startswith(p)}
+        tried.append((sum(n in wanted for n in removed), f"removed {p!r} from", removed))
+    tfirsts = collections.Counter(t.split(".", 1)[0] + "." for t in target if "." in t)
+    for p, c in tfirsts.most_common(2):
+        if c >= 0.5 * len(target):
+            added = {p + n: k for n, k in names.items()}
+            tried.append((sum(n in wanted for n in added), f"added {p!r} to", added))
+    tried.sort(key=lambda x: -x[0])
+    if tried and tried[0][0] > base and (len(tried) == 1 or tried[1][0] < tried[0][0]):
+        hits, how, mapped = tried[0]
+        return mapped, [f"{how} the source keys: {hits} target keys match that way, {base} without"]
+    if tried and tried[0][0] > base:
+        options = " or ".join(
+            sorted({how.split("'")[1] for n, how, _ in tried if n == tried[0][0]})
+        )
+        return dict(names), [
+            f"several prefixes ({options}) would match as many target keys; choose with "
+            "--map (e.g. --map '^backbone\\.=')"
+        ]
+    return dict(names), []
 
 
 def _only_dim_differs(a: tuple[int, ...], b: tuple[int, ...], dim: int) -> bool:
@@ -258,6 +314,9 @@ def plan(
                 rules[new] = "--map " + renames.rules.get(old, "")
         names = renamed
         notes += renames.notes
+    if not maps:
+        names, found = _one_sided_prefix(names, list(target))
+        notes += found
     pairs: dict[str, str] = {t: names[t] for t in target if t in names}
     if match == "suffix":
         used = {names[t] for t in pairs}
