@@ -30,6 +30,7 @@ from .formats.safe_pickle import (
     StorageRef,
     TensorRecord,
     contiguous_stride,
+    fortran_to_c,
     global_name,
     view_key,
     walk,
@@ -917,6 +918,15 @@ def _load_numpy(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
             if arr.fortran
             else contiguous_stride(arr.shape)
         )  # Fortran order: the first index varies fastest
+        if arr.inline is not None:  # compressed .npz member: its bytes, inflated, in C order
+            data = arr.inline[: numel * DTYPE_SIZES[arr.dtype]]
+            if arr.fortran and len(arr.shape) > 1:
+                data = fortran_to_c(data, arr.shape, DTYPE_SIZES[arr.dtype])
+            records[key] = TensorRecord(
+                None, 0, arr.shape, contiguous_stride(arr.shape), arr.dtype, inline=data,
+                rebuild="numpy",
+            )  # fmt: skip
+            continue
         records[key] = TensorRecord(storage, 0, arr.shape, stride, arr.dtype, rebuild="numpy")
     if not records:
         raise UnreadableCheckpoint(f"{ckpt.path}: numpy file holds no arrays ckpt can read")

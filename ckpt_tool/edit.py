@@ -211,8 +211,10 @@ def save(
     target: Path,
     verify: bool = True,
     sources: writer.Sources | None = None,
+    keep_device: bool = False,
 ) -> writer.WriteResult:
-    """Write out to target in the format its extension names, atomically and verified."""
+    """Write out to target in the format its extension names, atomically and verified.
+    .pth outputs hold CPU tensors unless `keep_device` (a cuda:0 file then loads anywhere)."""
     fmt = writer.output_format(target)
     sources = sources or writer.Sources(ckpt)
     if fmt == "safetensors":
@@ -243,7 +245,13 @@ def save(
         backed = writer.storage_backed(out.weights, sources)
         root = _replace_records(out.root, out.weights, backed)
         result = writer.write_pth(
-            root, target, sources, verify=verify, expect=backed, weights_key=out.weights_key
+            root,
+            target,
+            sources,
+            verify=verify,
+            expect=backed,
+            weights_key=out.weights_key,
+            keep_device=keep_device,
         )
     result.notes = out.notes + result.notes
     return result

@@ -112,8 +112,9 @@ def _header_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
     elif p["lightning"]:
+        who = "Lightning " if r.get("framework") == "lightning" else ""
         rows.append(
-            ("prefix", f"Lightning [bold]model.[/] on every key  →  [cyan]{safe(p['suggest'])}[/]")
+            ("prefix", f"{who}[bold]model.[/] on every key  →  [cyan]{safe(p['suggest'])}[/]")
         )
     elif p["partial"]:
         counts = ", ".join(f"{safe(k)} on {n}" for k, n in p["counts"].items())

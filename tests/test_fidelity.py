@@ -690,3 +690,69 @@ def test_flat_storage_views_not_shared(tmp_path: Path) -> None:
     code, counted = run_json(["count", path])
     assert code == 0, counted
     assert report["num_params"] == counted["params"] == 24
+
+
+# --- portable outputs ----------------------------------------------------------------------------
+
+
+def _cuda_tagged(path: Path) -> None:
+    """A state_dict whose storages say cuda:0 (as a GPU run saves them), made on a CPU box."""
+    from torch.serialization import register_package
+
+    register_package(
+        -1_000_000, lambda s: "cuda:0" if s.device.type == "cpu" else None, lambda s, loc: None
+    )
+    torch.manual_seed(0)
+    torch.save({"w": torch.randn(3, 4), "b": torch.zeros(3)}, path)
+    torch.serialization._package_registry[:] = [
+        p for p in torch.serialization._package_registry if p[0] != -1_000_000
+    ]
+
+
+def test_outputs_are_cpu_tensors_unless_keep_device(tmp_path: Path) -> None:
+    src = tmp_path / "gpu.pth"
+    _cuda_tagged(src)
+    with pytest.raises(RuntimeError):  # the input itself needs a GPU (or map_location)
+        torch.load(src, weights_only=True)
+    out = tmp_path / "cpu.pth"
+    code, rep = run_json(["rename", src, "--map", "^w$=weight", "-o", out])
+    assert code == 0, rep
+    assert any("written as CPU tensors" in n and "cuda:0" in n for n in rep["notes"]), rep
+    got = torch.load(out, weights_only=True)  # no map_location needed
+    ref = torch.load(src, weights_only=True, map_location="cpu")
+    assert torch.equal(got["weight"], ref["w"]) and torch.equal(got["b"], ref["b"])
+    kept = tmp_path / "kept.pth"
+    code, rep = run_json(["rename", src, "--map", "^w$=weight", "-o", kept, "--keep-device"])
+    assert code == 0 and not any("CPU tensors" in n for n in rep["notes"])
+    _, info = run_json(["inspect", kept])
+    assert info["devices"] == {"cuda:0": 2}
+
+
+# --- numpy's own files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_and_npy_convert_exactly(tmp_path: Path, compressed: bool) -> None:
+    """.npy and .npz (stored or deflated, C or Fortran order) convert to safetensors with the
+    values numpy itself loads."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "w": rng.standard_normal((3, 5)).astype(np.float32),
+        "f": np.asfortranarray(rng.standard_normal((4, 2))),
+        "i": np.arange(7, dtype=np.int64),
+    }
+    npz = tmp_path / "a.npz"
+    (np.savez_compressed if compressed else np.savez)(npz, **arrays)
+    npy = tmp_path / "f.npy"
+    np.save(npy, arrays["f"])
+    for src, names in ((npz, list(arrays)), (npy, ["tensor"])):
+        out = tmp_path / f"{src.stem}.safetensors"
+        code, rep = run_json(["convert", src, "-o", out, "--force"])
+        assert code == 0, rep
+        got = load_file(out)
+        assert list(got) == names
+        want = dict(np.load(src)) if src.suffix == ".npz" else {"tensor": np.load(src)}
+        for k in names:
+            assert got[k].numpy().tobytes() == np.ascontiguousarray(want[k]).tobytes(), k
+        code, scan = run_json(["scan", src])
+        assert code == 0 and scan["files"][0]["verdict"] == "safe"

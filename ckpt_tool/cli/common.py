@@ -98,6 +98,14 @@ InPlaceOpt = Annotated[
     bool, typer.Option("--in-place", help="Rewrite the input itself (still atomic).")
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show the full report; write nothing.")]
+KeepDeviceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-device",
+        help="Keep the devices tensors were saved on (cuda:0 ...). Default: written as CPU "
+        "tensors, so any machine loads the output.",
+    ),
+]
 NoVerifyOpt = Annotated[
     bool, typer.Option("--no-verify", help="Skip reading the output back to verify it.")
 ]

@@ -15,6 +15,7 @@ from ckpt_tool.cli.common import (
     ForceOpt,
     InputArg,
     JsonOpt,
+    KeepDeviceOpt,
     NoVerifyOpt,
     OutputOpt,
     WeightsOpt,
@@ -93,6 +94,7 @@ def average(
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
     weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Average the weights of several checkpoints (float64 math, original dtypes kept).
@@ -133,6 +135,7 @@ def average(
             in_place=False,
             dry_run=dry_run,
             verify=not no_verify,
+            keep_device=keep_device,
             json_out=json_out,
             sources=plan.sources,
         )

@@ -15,6 +15,7 @@ from ckpt_tool.cli.common import (
     InPlaceOpt,
     InputArg,
     JsonOpt,
+    KeepDeviceOpt,
     NoVerifyOpt,
     OutputOpt,
     WeightsOpt,
@@ -112,6 +113,7 @@ def cast(
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
     weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Cast floating-point weights (integers and bools keep their dtype); the rest survives.
@@ -138,6 +140,7 @@ def cast(
             in_place=in_place,
             dry_run=dry_run,
             verify=not no_verify,
+            keep_device=keep_device,
             json_out=json_out,
             sources=casting.sources,
             late_report=lambda: _cast_report(ckpt, casting),
@@ -199,6 +202,7 @@ def convert(
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
     weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Convert any readable checkpoint's weights to .pth, .safetensors (sharded) or DCP.
@@ -292,6 +296,7 @@ def convert(
                 in_place=False,
                 dry_run=dry_run,
                 verify=not no_verify,
+                keep_device=keep_device,
                 json_out=json_out,
                 sources=sources,
                 late_report=late,

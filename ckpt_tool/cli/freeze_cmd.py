@@ -21,6 +21,7 @@ from ckpt_tool.cli.common import (
     ForceOpt,
     InPlaceOpt,
     JsonOpt,
+    KeepDeviceOpt,
     NoVerifyOpt,
     OutputOpt,
     WeightsOpt,
@@ -98,6 +99,7 @@ def freeze(
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
     weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Freeze parameters by name: requires_grad=False, recorded in the output file.
@@ -138,6 +140,7 @@ def freeze(
         in_place=in_place,
         dry_run=dry_run,
         verify=not no_verify,
+        keep_device=keep_device,
         json_out=json_out,
     )
 

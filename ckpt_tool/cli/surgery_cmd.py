@@ -13,6 +13,7 @@ from ckpt_tool.cli.common import (
     InPlaceOpt,
     InputArg,
     JsonOpt,
+    KeepDeviceOpt,
     NoVerifyOpt,
     OutputOpt,
     WeightsOpt,
@@ -56,6 +57,7 @@ def strip_module(
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
     weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Remove DataParallel/DDP `module.` (and torch.compile `_orig_mod.`) from every key.
@@ -65,7 +67,7 @@ def strip_module(
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
     refuse_rewrite(ckpt)
-    plan = strip_plan([k for k, _ in weight_items(ckpt)], prefix, partial)
+    plan = strip_plan([k for k, _ in weight_items(ckpt)], prefix, partial, ckpt.framework)
     finish(
         "strip-module",
         ckpt,
@@ -77,6 +79,7 @@ def strip_module(
         in_place=in_place,
         dry_run=dry_run,
         verify=not no_verify,
+        keep_device=keep_device,
         json_out=json_out,
     )
 
@@ -91,6 +94,7 @@ def add_module(
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
     weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Add `module.` to every key, to load into a DataParallel/DDP-wrapped model.
@@ -112,6 +116,7 @@ def add_module(
         in_place=in_place,
         dry_run=dry_run,
         verify=not no_verify,
+        keep_device=keep_device,
         json_out=json_out,
     )
 
@@ -134,6 +139,7 @@ def rename(
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
     weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Rename keys with regular expressions, applied in order.
@@ -155,6 +161,7 @@ def rename(
         in_place=in_place,
         dry_run=dry_run,
         verify=not no_verify,
+        keep_device=keep_device,
         json_out=json_out,
     )
 
@@ -167,6 +174,7 @@ def extract(
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
     weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Write only the weights as a bare state_dict (drop optimizer, epoch, ...).
@@ -199,5 +207,6 @@ def extract(
         in_place=False,
         dry_run=dry_run,
         verify=not no_verify,
+        keep_device=keep_device,
         json_out=json_out,
     )

@@ -15,6 +15,7 @@ from ckpt_tool.cli.common import (
     ForceOpt,
     InputArg,
     JsonOpt,
+    KeepDeviceOpt,
     NoVerifyOpt,
     OutputOpt,
     WeightsOpt,
@@ -104,6 +105,7 @@ def transplant(
     dry_run: DryRunOpt = False,
     no_verify: NoVerifyOpt = False,
     weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Copy pretrained weights into a new architecture; report every key's fate.
@@ -186,5 +188,6 @@ def transplant(
         in_place=False,
         dry_run=dry_run,
         verify=not no_verify,
+        keep_device=keep_device,
         json_out=json_out,
     )

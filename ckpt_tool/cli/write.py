@@ -34,6 +34,7 @@ def finish(
     json_out: bool,
     sources: Sources | None = None,
     late_report: Callable[[], dict[str, Any]] | None = None,
+    keep_device: bool = False,
 ) -> None:
     """Resolve the target (same refusals in a dry run), write it unless dry-run, print.
 
@@ -59,7 +60,7 @@ def finish(
         "notes": list(out.notes) + list(report.get("notes", [])) + exists_note,
     }
     if not dry_run:
-        result = save(ckpt, out, target, verify=verify, sources=sources)
+        result = save(ckpt, out, target, verify=verify, sources=sources, keep_device=keep_device)
         report.update(
             written=True, format=result.format, bytes=result.bytes, verified=result.verified
         )

@@ -34,7 +34,8 @@ _PY2_NAMES = {"builtins": "__builtin__", "copyreg": "copy_reg"}
 class PickleWriter:
     """Serialises one object graph; storages are numbered in order of first appearance."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_device: bool = False) -> None:
+        self.keep_device = keep_device
         self.out = bytearray()
         self.memo: dict[int, int] = {}
         self.global_memo: dict[tuple[str, str], int] = {}
@@ -272,7 +273,7 @@ class PickleWriter:
         self._str("storage")
         self._global("torch", storage_class)
         self._str(key)
-        self._str(storage.location)
+        self._str(storage.location if self.keep_device else "cpu")
         self._int(storage.numel)
         self._op(b"tQ")
 
@@ -329,9 +330,10 @@ class PickleWriter:
         self._put(rec)
 
 
-def dumps(root: Any) -> tuple[bytes, list[tuple[str, StorageRef]]]:
-    """Pickle bytes for root and the storages it references, keyed '0', '1', ... in order."""
-    writer = PickleWriter()
+def dumps(root: Any, keep_device: bool = False) -> tuple[bytes, list[tuple[str, StorageRef]]]:
+    """Pickle bytes for root and the storages it references, keyed '0', '1', ... in order;
+    storages are tagged as CPU storages unless `keep_device`."""
+    writer = PickleWriter(keep_device)
     writer._op(b"\x80\x02")
     writer.save(root)
     writer._op(b".")

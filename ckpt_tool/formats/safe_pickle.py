@@ -733,7 +733,7 @@ class NumpyArray:
         if self.byteorder == ">" and size > 1:
             data = b"".join(data[i : i + size][::-1] for i in range(0, len(data), size))
         if self.fortran and len(self.shape) > 1:
-            data = _fortran_to_c(data, self.shape, size)
+            data = fortran_to_c(data, self.shape, size)
         return TensorRecord(
             None,
             0,
@@ -745,18 +745,12 @@ class NumpyArray:
         )
 
 
-def _fortran_to_c(data: bytes, shape: tuple[int, ...], size: int) -> bytes:
+def fortran_to_c(data: bytes, shape: tuple[int, ...], size: int) -> bytes:
     """Reorder column-major element bytes into row-major order."""
-    import itertools
+    import numpy as np  # only for Fortran-ordered arrays
 
-    fstride = [1]
-    for d in shape[:-1]:
-        fstride.append(fstride[-1] * d)
-    out = bytearray()
-    for idx in itertools.product(*(range(d) for d in shape)):
-        pos = sum(i * st for i, st in zip(idx, fstride, strict=True)) * size
-        out += data[pos : pos + size]
-    return bytes(out)
+    elements = np.frombuffer(data, dtype=f"V{size}").reshape(shape, order="F")
+    return bytes(np.ascontiguousarray(elements).tobytes())
 
 
 def _numpy_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> NumpyArray:

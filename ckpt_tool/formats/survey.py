@@ -100,8 +100,9 @@ class NpyArray:
     descr: str
     shape: tuple[int, ...]
     fortran: bool
-    data_offset: int
+    data_offset: int  # -1: not in the file as such (a compressed .npz member): see inline
     big_endian: bool = False
+    inline: bytes | None = None  # the array's bytes, for compressed .npz members
 
 
 @dataclass
@@ -282,7 +283,7 @@ def survey_buffer(buf: Any, survey: Survey) -> None:
         _survey_zip(buf, survey)
     elif head[:6] == NPY_MAGIC:
         survey.format = "numpy"
-        _survey_npy(buf, survey, "array", 0)
+        _survey_npy(buf, survey, "tensor", 0)
     elif safetensors_header_len(buf) is not None:
         survey.format = "safetensors"
         _polyglot_pickle(buf, survey, "safetensors")
@@ -673,7 +674,8 @@ def _npz_member(buf: Any, survey: Survey, read: torch_zip.ZipRead, info: zipfile
         survey.flag(ERROR, "crc", "fails its CRC-32 check: the member is damaged", info.filename)
     _survey_npy(data, survey, key, 0, info.filename)
     if key in survey.npy:
-        survey.npy[key].data_offset = -1
+        arr = survey.npy[key]
+        arr.inline, arr.data_offset = data[arr.data_offset :], -1
 
 
 # --- legacy tar ----------------------------------------------------------------------------------

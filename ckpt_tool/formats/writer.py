@@ -427,12 +427,19 @@ def write_pth(
     verify: bool = True,
     expect: dict[str, TensorRecord] | None = None,
     weights_key: str | None = None,
+    keep_device: bool = False,
 ) -> WriteResult:
     """Write root (our object model) as a torch zip file, atomically, then verify it."""
     try:
-        data_pkl, storages = pickle_writer.dumps(root)
+        data_pkl, storages = pickle_writer.dumps(root, keep_device=keep_device)
     except RecursionError:
         raise WriteFailed(f"{target}: the object graph nests too deeply to write") from None
+    moved = sorted({s.location for _, s in storages if s.location != "cpu"})
+    notes = (
+        [f"tensors saved on {', '.join(moved)} written as CPU tensors (--keep-device keeps them)"]
+        if moved and not keep_device
+        else []
+    )
     expected_crcs: dict[str, int] = {}
     try:
         with atomic_file(target) as (f, tmp):
@@ -461,7 +468,7 @@ def write_pth(
             commit(tmp, target)
     except OSError as exc:
         raise _io_error(target, exc) from None
-    return WriteResult(target, "pth", size, len(expect or {}), verify)
+    return WriteResult(target, "pth", size, len(expect or {}), verify, notes)
 
 
 def _write_storages(

@@ -56,7 +56,12 @@ def _examples(keys: Sequence[str], n: int = 3) -> str:
     return ", ".join(repr(k) for k in keys[:n]) + (" ..." if len(keys) > n else "")
 
 
-def strip_plan(keys: Sequence[str], prefix: str | None = None, partial: bool = False) -> RenamePlan:
+def strip_plan(
+    keys: Sequence[str],
+    prefix: str | None = None,
+    partial: bool = False,
+    framework: str | None = None,
+) -> RenamePlan:
     """Remove `prefix` from every key, or by default every wrapper chain (module./_orig_mod.)."""
     if prefix == "":
         raise UsageError("--prefix must not be empty")
@@ -72,8 +77,11 @@ def strip_plan(keys: Sequence[str], prefix: str | None = None, partial: bool = F
     bare = [k for k in keys if not chains[k]]
     if not carrying:
         hint = ""
-        if prefix is None and keys and all(k.startswith("model.") for k in keys):
-            hint = "; the keys start with Lightning's 'model.': use --prefix model."
+        first = {k.split(".", 1)[0] for k in keys if "." in k}
+        if prefix is None and keys and len(first) == 1 and all("." in k for k in keys):
+            shared = f"{next(iter(first))}."
+            who = "Lightning's " if framework == "lightning" and shared == "model." else ""
+            hint = f"; every key starts with {who}{shared!r}: use --prefix {shared}"
         raise SurgeryError(f"no key starts with {what}; nothing to strip{hint}")
     if bare and not partial:
         raise SurgeryError(
