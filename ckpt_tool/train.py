@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -83,15 +84,17 @@ class Prepared:
 # --- options --------------------------------------------------------------------------------------
 
 
+_SHAPE = re.compile(r"\s*[1-9]\d*\s*(?:[,x]\s*[1-9]\d*\s*)*")
+
+
 def parse_input_shape(text: str) -> tuple[int, ...]:
-    """'3,224,224' -> (3, 224, 224)."""
-    try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(d < 1 for d in shape):
-        raise UsageError(f"--input-shape {text!r}: expected positive integers such as 3,224,224")
-    return shape
+    """'3,224,224' or '3x224x224' -> (3, 224, 224); anything else is refused, whole."""
+    if not _SHAPE.fullmatch(text):
+        raise UsageError(
+            f"--input-shape {text!r}: expected positive integers separated by ',' or 'x', "
+            "such as 3,224,224"
+        )
+    return tuple(int(p) for p in re.split(r"[,x]", text))
 
 
 def parse_lr_for(items: list[str]) -> list[tuple[str, float]]:

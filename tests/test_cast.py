@@ -562,7 +562,7 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
 
 def test_unsupported_extension_and_corrupt_input(tmp_path: Path) -> None:
     res = run_cli(["cast", FIXTURES / "mlp.pth", "--dtype", "fp16", "-o", tmp_path / "o.txt"])
-    assert res.exit_code == 1 and "extension" in one_error_line(res)
+    assert res.exit_code == 2 and "extension" in one_error_line(res)  # a usage error
     bad = tmp_path / "bad.pth"
     bad.write_bytes((FIXTURES / "mlp.pth").read_bytes()[:5000])
     before = listing(tmp_path)

@@ -604,7 +604,7 @@ def test_unsupported_extension(tmp_path: Path) -> None:
     before = listing(tmp_path)
     for name in ("o.txt", "o", "o.safetensor"):
         res = run_cli(["convert", FIXTURES / "mlp.pth", "-o", tmp_path / name])
-        assert res.exit_code == 1, name
+        assert res.exit_code == 2, name  # a usage error
         assert "extension" in one_error_line(res)
     assert listing(tmp_path) == before
 

@@ -92,9 +92,9 @@ def test_only_and_unfreeze() -> None:
 @pytest.mark.parametrize(
     ("patterns", "kw", "error", "match"),
     [
-        ([""], {}, PatternError, "pattern is empty"),
-        (["   "], {}, PatternError, "pattern is empty"),
-        (["bn.["], {"regex": True}, PatternError, "not a valid regular expression"),
+        ([""], {}, UsageError, "pattern is empty"),
+        (["   "], {}, UsageError, "pattern is empty"),
+        (["bn.["], {"regex": True}, UsageError, "not a valid regular expression"),
         (["lyer.*"], {}, PatternError, "m.pth: pattern 'lyer.*' matches no key"),
         (["bn"], {}, PatternError, r"did you mean 'bn\.\*'"),
         (["bn.running_*"], {}, PatternError, "matched only buffers"),
@@ -201,21 +201,22 @@ def _buffers_only(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["", "{mlp}"], "pattern is empty"),
-        (["--regex", "fc1.[", "{mlp}"], "not a valid regular expression"),
-        (["fc3.*", "{mlp}"], "pattern 'fc3.*' matches no key; names look like: 'fc2.*', 'fc1.*'"),
-        (["--only", "nothing*", "{mlp}"], "--only pattern 'nothing*' matches no key"),
-        (["*", "{stats}"], "stats.pth: holds no parameters to freeze"),
+        (["", "{mlp}"], "pattern is empty", 2),  # the command line is wrong: usage, exit 2
+        (["--regex", "fc1.[", "{mlp}"], "not a valid regular expression", 2),
+        (["fc3.*", "{mlp}"], "pattern 'fc3.*' matches no key; names look like: 'fc2.*', 'fc1.*'",
+         1),
+        (["--only", "nothing*", "{mlp}"], "--only pattern 'nothing*' matches no key", 1),
+        (["*", "{stats}"], "stats.pth: holds no parameters to freeze", 1),
     ],
-)
-def test_bad_input_exit_1_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+)  # fmt: skip
+def test_bad_input_one_line(tmp_path: Path, args: list[str], message: str, code: int) -> None:
     torch.save(mlp().state_dict(), tmp_path / "mlp.pth")
     paths = {"mlp": tmp_path / "mlp.pth", "stats": _buffers_only(tmp_path)}
     before = sorted(tmp_path.iterdir())
     result = run_cli(["freeze", *[a.format(**paths) for a in args]])
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr

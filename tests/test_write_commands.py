@@ -642,7 +642,7 @@ def test_output_format_safetensors(tmp_path: Path) -> None:
 
 def test_unsupported_extension_refused(tmp_path: Path) -> None:
     src = copy_fixture("convnet_dataparallel.pth", tmp_path)
-    refused(["strip-module", src, "-o", tmp_path / "o.txt"], tmp_path, "extension")
+    refused(["strip-module", src, "-o", tmp_path / "o.txt"], tmp_path, "extension", code=2)
 
 
 @pytest.mark.parametrize(

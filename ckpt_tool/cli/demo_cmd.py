@@ -34,9 +34,20 @@ def demo(
 
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="ckpt-demo-"))
+    elif workdir.exists() and not workdir.is_dir():
+        raise OutputRefused(f"{workdir}: is a file, not a folder; give --workdir a folder")
     elif workdir.exists() and any(workdir.iterdir()):
         raise OutputRefused(f"{workdir}: not empty; the demo writes only into an empty folder")
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".ckpt-demo-probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise OutputRefused(
+            f"{workdir}: cannot be used as the demo's folder ({exc.strerror or exc}); "
+            "choose another --workdir"
+        ) from None
     build_inputs(workdir)
     if not json_out:
         render.out.print(

@@ -48,7 +48,7 @@ def output_format(path: Path) -> str:
         return "safetensors"
     if path.suffix in PTH_SUFFIXES:
         return "pth"
-    raise OutputRefused(
+    raise UsageError(
         f"{path}: unsupported output extension {path.suffix or '(none)'!r}; use .pth, .pt, "
         ".bin, .ckpt or .safetensors"
     )

@@ -28,7 +28,7 @@ Matcher = Callable[[str], bool]
 
 
 class PatternError(CkptError):
-    """A freeze pattern is empty, not a valid regular expression, or selects no parameter."""
+    """A freeze pattern selects no parameter (an empty or invalid one is a UsageError)."""
 
 
 def can_train(dtype: str) -> bool:
@@ -44,7 +44,7 @@ def bare(key: str) -> str:
 def compile_pattern(pattern: str, regex: bool, label: str = "pattern") -> Matcher:
     """A predicate over names for one glob (fnmatchcase) or regex (fullmatch)."""
     if not pattern.strip():
-        raise PatternError(
+        raise UsageError(
             f"{label} is empty; give a glob such as 'layer1.*' (or a regex with --regex)"
         )
     if not regex:
@@ -52,7 +52,7 @@ def compile_pattern(pattern: str, regex: bool, label: str = "pattern") -> Matche
     try:
         compiled = re.compile(pattern)
     except re.error as exc:
-        raise PatternError(
+        raise UsageError(
             f"{label} {pattern!r} is not a valid regular expression ({exc}); fix it, or drop "
             "--regex to use a glob such as 'layer1.*'"
         ) from None
@@ -80,7 +80,7 @@ def no_match_hint(pattern: str, names: Sequence[str], regex: bool) -> str:
     elif any(n.startswith(pattern + ".") for n in names):
         return f"patterns match whole names; did you mean '{pattern}.*'?"
     if not regex and any(fnmatch.fnmatchcase(n, "model." + pattern) for n in names):
-        return f"the keys carry Lightning's 'model.' prefix; try 'model.{pattern}'"
+        return f"the keys carry a 'model.' prefix; try 'model.{pattern}'"
     candidates = _module_globs(names)
     close = difflib.get_close_matches(pattern, candidates, n=4, cutoff=0.5)
     if not close:
