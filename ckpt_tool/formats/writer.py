@@ -300,15 +300,14 @@ def storage_backed(records: dict[str, TensorRecord], sources: Sources) -> dict[s
         if rec.storage is not None:
             out[key] = rec
             continue
+        storage = StorageRef(f"mem:{key}", rec.dtype, "cpu", rec.numel)
         if rec.inline is not None:
-            data = rec.inline
-        else:
+            sources.extra[id(storage)] = rec.inline
+        else:  # DCP: read when the writer gets there, a batch at a time (memory stays flat)
             from ckpt_tool.tensors import TensorReader
 
             reader = reader or TensorReader(sources.require_ckpt())
-            data = _materialise(reader, rec, key)
-        storage = StorageRef(f"mem:{key}", rec.dtype, "cpu", rec.numel)
-        sources.extra[id(storage)] = data
+            sources.add_stream(storage, _lazy_bytes(reader, rec, key))
         stride = contiguous_stride(rec.shape)
         out[key] = TensorRecord(
             storage, 0, rec.shape, stride, rec.dtype, rec.requires_grad, rec.is_parameter
@@ -780,6 +779,13 @@ def _write_stream(f: BinaryIO, src: Source, what: str, pipeline: ChunkPipeline) 
     if written != src.size:
         raise WriteFailed(f"{what}: produced {written} bytes, expected {src.size} (internal)")
     return crc
+
+
+def _lazy_bytes(reader: Any, rec: TensorRecord, key: str) -> Callable[[], Iterator[bytes]]:
+    def produce() -> Iterator[bytes]:
+        yield _materialise(reader, rec, key)
+
+    return produce
 
 
 def _materialise(reader: Any, rec: TensorRecord, key: str) -> bytes:
