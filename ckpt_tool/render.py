@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -17,8 +18,20 @@ from .inspect import ModuleNode
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
+
 # Piped output gets a fixed, wide layout instead of rich's 80-column default.
-out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 120)
+def _piped_width() -> int:
+    """Output width when stdout is not a terminal: $COLUMNS if it is a number, else 120."""
+    try:
+        width = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        return 120
+    return width if width >= 20 else 120
+
+
+out = Console(
+    highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else _piped_width()
+)
 err = Console(stderr=True, highlight=False)
 
 
@@ -229,6 +242,41 @@ def _runs(children: list[ModuleNode]) -> list[list[ModuleNode]]:
     return runs
 
 
+def percent(share: float) -> str:
+    """A share as a percentage with enough digits: 2,052 of 21 M is '<0.1%', not '0.0%'."""
+    pct = share * 100
+    if 0 < pct < 0.1:
+        return "<0.1%"
+    if 99.9 < pct < 100:
+        return ">99.9%"
+    return f"{pct:.1f}%"
+
+
+def tree_lines(root: ModuleNode, depth: int | None) -> int:
+    """How many lines module_tree prints at a depth (runs of identical blocks count once)."""
+    lines = 1
+    stack: list[tuple[ModuleNode, int]] = [(root, 0)]
+    while stack:
+        node, level = stack.pop()
+        lines += len(node.tensors)
+        for run in _runs(list(node.children.values())):
+            lines += 1
+            if depth is None or level + 1 < depth:
+                stack.append((run[0], level + 1))
+    return lines
+
+
+def auto_depth(root: ModuleNode, max_lines: int = 40) -> int | None:
+    """The deepest tree that fits a screen (at least one level); None when all of it does."""
+    full = tree_lines(root, None)
+    if full <= max_lines:
+        return None
+    depth = 1
+    while tree_lines(root, depth + 1) <= max_lines and tree_lines(root, depth + 1) < full:
+        depth += 1
+    return depth
+
+
 def module_tree(
     root: ModuleNode, depth: int | None, stats: dict[str, Any] | None = None, title: str = ""
 ) -> Tree:
@@ -286,7 +334,7 @@ def share_bars(rows: list[dict[str, Any]], label: str = "parameters by top-level
         table.add_row(
             safe(row["module"]),
             human_count(row["params"]),
-            f"{row['share'] * 100:.1f}%",
+            percent(row["share"]),
             Text(bar(row["share"]), style="green"),
         )
     if len(rows) > len(shown):
@@ -294,7 +342,7 @@ def share_bars(rows: list[dict[str, Any]], label: str = "parameters by top-level
         table.add_row(
             f"({len(rest)} more)",
             human_count(sum(r["params"] for r in rest)),
-            f"{sum(r['share'] for r in rest) * 100:.1f}%",
+            percent(sum(r["share"] for r in rest)),
             "",
         )
     out.print(table)
@@ -447,10 +495,10 @@ def count_report(r: dict[str, Any]) -> None:
         )
     total = r["params"]
     grid.add_row("parameters", f"{total:,}  ({human_count(total)}, {r['param_tensors']} tensors)")
-    grid.add_row("trainable", f"[green]{r['trainable']:,}[/]  ({r['trainable_share'] * 100:.1f}%)")
+    grid.add_row("trainable", f"[green]{r['trainable']:,}[/]  ({percent(r['trainable_share'])})")
     grid.add_row(
         "frozen",
-        f"[blue]{r['frozen']:,}[/]  ({(1 - r['trainable_share']) * 100:.1f}%)" if total else "0",
+        f"[blue]{r['frozen']:,}[/]  ({percent(1 - r['trainable_share'])})" if total else "0",
     )
     f = r["freeze"]
     if r["arch"] is not None:
@@ -489,7 +537,7 @@ def count_report(r: dict[str, Any]) -> None:
             f"{m['params']:,}",
             f"{m['trainable']:,}",
             f"{m['frozen']:,}",
-            f"{m['share'] * 100:.1f}%",
+            percent(m["share"]),
             _split_bar(m["trainable"], m["frozen"], total),
         )
     if len(rows) > 40:

@@ -8,6 +8,7 @@ import typer
 
 from ckpt_tool import render
 from ckpt_tool.checkpoint import load
+from ckpt_tool.errors import UsageError
 from ckpt_tool.inspect import build_tree, inspect_report, select, tensor_stats
 
 from .common import InputArg, JsonOpt, WeightsOpt, boundary, exit_if_dangerous
@@ -17,7 +18,14 @@ from .common import InputArg, JsonOpt, WeightsOpt, boundary, exit_if_dangerous
 def inspect(
     path: InputArg,
     depth: Annotated[
-        int | None, typer.Option("--depth", "-d", min=1, help="Show the module tree N levels deep.")
+        str | None,
+        typer.Option(
+            "--depth",
+            "-d",
+            metavar="N|all",
+            help="Show the module tree N levels deep, or all of it. Default: as deep as fits "
+            "a screen (about 40 lines).",
+        ),
     ] = None,
     filter: Annotated[
         str | None,
@@ -43,6 +51,7 @@ def inspect(
     Exit 3 (after the report) when the file is dangerous, as `ckpt scan` says.
     Example: ckpt inspect model.pth --depth 2
     """
+    levels = _parse_depth(depth)
     ckpt = load(path, weights=weights)
     report = inspect_report(ckpt, filter)
     entries = select(ckpt.tensors, filter)
@@ -60,7 +69,25 @@ def inspect(
     elif keys:
         render.show(render.keys_table(entries, values))
     else:
-        render.show(render.module_tree(build_tree(entries, ckpt.modules), depth, values))
+        tree = build_tree(entries, ckpt.modules)
+        shown = render.auto_depth(tree) if levels == AUTO else levels
+        render.show(render.module_tree(tree, shown, values))
+        if levels == AUTO and shown is not None:
+            render.out.print(f"[dim](tree cut at depth {shown}: --depth all shows every level)[/]")
     if filter is None:
         render.share_bars(report["top_level"])
     exit_if_dangerous(ckpt.dangerous, path)
+
+
+AUTO = -1
+
+
+def _parse_depth(text: str | None) -> int | None:
+    """--depth: None (default) -> AUTO, 'all' -> None (everything), N >= 1 -> N."""
+    if text is None:
+        return AUTO
+    if text.strip().lower() == "all":
+        return None
+    if text.strip().isdigit() and int(text) >= 1:
+        return int(text)
+    raise UsageError(f"--depth {text!r}: give a number of levels (1, 2, ...) or 'all'")
