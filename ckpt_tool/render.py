@@ -355,6 +355,36 @@ def show(renderable: Any) -> None:
 # --- write commands -------------------------------------------------------------------------
 
 
+def merge_table(r: dict[str, Any]) -> None:
+    """merge-lora: one row per target module: rank, scale, relative change."""
+    targets = r["targets"]
+    out.print(
+        f"[bold]merge-lora[/]: {len(targets)} LoRA target(s) merged from {safe(r['adapter'])}"
+        + (f", scale ×{r['scale']:g}" if r.get("scale", 1.0) != 1.0 else "")
+    )
+    table = Table(box=None, pad_edge=False)
+    for col in ("module", "kind", "rank", "scale", "||ΔW|| / ||W||"):
+        table.add_column(
+            col, justify="right" if col in ("rank", "scale", "||ΔW|| / ||W||") else "left"
+        )
+    shown = targets[:16]
+    for t in shown:
+        rel = t["rel_change"]
+        table.add_row(
+            safe(t["module"]), t["kind"], str(t["rank"]), f"{t['scale']:.4g}",
+            "-" if rel is None else f"{rel:.3g}",
+        )  # fmt: skip
+    out.print(table)
+    if len(targets) > len(shown):
+        out.print(f"[dim]+{len(targets) - len(shown)} more targets (--json lists all)[/]")
+    if r.get("copied"):
+        copied = r["copied"]
+        out.print(
+            f"copied from the adapter (modules_to_save, saved base layers): "
+            f"{safe(', '.join(copied[:4]))}{' ...' if len(copied) > 4 else ''}"
+        )
+
+
 def edit_report(r: dict[str, Any]) -> None:
     """Before/after table of the keys a write command changed, grouped, then where it wrote."""
     groups = r.get("groups") or []
@@ -381,6 +411,8 @@ def edit_report(r: dict[str, Any]) -> None:
         freeze_tables(r)
     if "cast_report" in r:
         cast_tables(r["cast_report"])
+    if "targets" in r:
+        merge_table(r)
     if r.get("shards"):
         out.print(
             f"{len(r['shards'])} shard(s): "

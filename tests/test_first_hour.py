@@ -75,9 +75,13 @@ def test_ctrl_c_during_start_up_is_one_line() -> None:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
-        if proc.returncode == 130:
+        if proc.returncode in (130, -signal.SIGINT):  # exit 130, or ended by the signal
             interrupted += 1
-            assert err.strip().splitlines() == ["error: interrupted; nothing was written"], err
+            # before Python installs its handler the signal ends the process silently
+            assert err.strip().splitlines() in (
+                ["error: interrupted; nothing was written"],
+                [] if proc.returncode == -signal.SIGINT else None,
+            ), err
         else:
             assert proc.returncode == 0, (delay, proc.returncode, err)
     assert interrupted >= 1

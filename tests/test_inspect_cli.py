@@ -418,7 +418,7 @@ def test_resnet34_counts(resnet34_file: Path) -> None:
 
 
 def test_resnet34_tree_collapses_identical_blocks(resnet34_file: Path) -> None:
-    result = run_cli(["inspect", resnet34_file])
+    result = run_cli(["inspect", resnet34_file, "--depth", "all"])
     assert result.exit_code == 0, result.stderr
     out = result.stdout
     assert "identical" in out

@@ -14,6 +14,7 @@ from .convert_cmd import cast, convert
 from .demo_cmd import demo
 from .freeze_cmd import count, freeze
 from .inspect_cmd import inspect
+from .merge_cmd import merge_lora
 from .scan_cmd import scan
 from .surgery_cmd import add_module, extract, rename, strip_module
 from .train_cmd import smoke_train_cmd
@@ -60,6 +61,7 @@ app.command(rich_help_panel="Edit")(transplant)
 app.command(rich_help_panel="Edit")(freeze)
 app.command(rich_help_panel="Edit")(cast)
 app.command(rich_help_panel="Edit")(convert)
+app.command("merge-lora", rich_help_panel="Edit")(merge_lora)
 app.command(rich_help_panel="Edit")(average)
 app.command(rich_help_panel="Check")(scan)
 app.command("smoke-train", rich_help_panel="Check")(smoke_train_cmd)
