@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import warnings
 import zlib
 from collections import Counter
@@ -23,9 +24,11 @@ from ckpt_tool.formats.pickle_rules import SAFE
 from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride, view_key
 from ckpt_tool.surgery import cast as cast_ops
 from ckpt_tool.surgery.cast import (
+    FP8_MAX,
     NUMPY_CASTS,
     CastPlan,
     CastStats,
+    Fp8Scale,
     cast_stream,
     module_errors,
     numpy_cast_chunks,
@@ -69,6 +72,7 @@ class Casting:
     stats: dict[str, CastStats]
     sources: writer.Sources
     reader: TensorReader
+    scales: dict[str, tuple[str, TensorRecord]] = field(default_factory=dict)  # --fp8-scale
 
     def drain(self) -> None:
         """Run every cast without writing (dry run), to fill the statistics."""
@@ -99,6 +103,7 @@ class Casting:
                     "to": target or ckpt.tensors[key].dtype,
                     "reason": self.plan.reasons[key],
                     "overflow": s.overflow if s else 0,
+                    "saturated": s.saturated if s else 0,
                     "underflow": s.underflow if s else 0,
                     "rel_error": s.rel_error if s else 0.0,
                     "max_abs_error": s.max_abs_error if s else 0.0,
@@ -115,18 +120,25 @@ class Casting:
             "overflow_total": sum(r["overflow"] for r in rows),
             "underflow_total": sum(r["underflow"] for r in rows),
             "overflowing": [r["key"] for r in rows if r["overflow"]],
+            "saturated_total": sum(r["saturated"] for r in rows),
+            "saturating": [r["key"] for r in rows if r["saturated"]],
+            "scales": {k: after for k, (after, _) in self.scales.items()},
             "modules": module_errors(self.stats),
             "unused_keep_patterns": self.plan.kept_patterns_unused,
             "tensors": rows,
         }
 
 
-def cast_weights(ckpt: Checkpoint, plan: CastPlan, strict: bool) -> Casting:
-    """Records for the cast weights; tensors that shared one view (tied weights) stay shared."""
+def cast_weights(
+    ckpt: Checkpoint, plan: CastPlan, strict: bool, fp8_scale: bool = False
+) -> Casting:
+    """Records for the cast weights; tensors that shared one view (tied weights) stay shared.
+    With fp8_scale, every fp8 tensor gets a float32 `KEY_scale` tensor written after it."""
     sources = writer.Sources(ckpt)
     reader = TensorReader(ckpt)
     records: dict[str, TensorRecord] = {}
     stats: dict[str, CastStats] = {}
+    scales: dict[str, tuple[str, TensorRecord]] = {}
     by_view: dict[tuple[Any, ...], TensorRecord] = {}
     for key, entry in ckpt.tensors.items():
         target = plan.targets[key]
@@ -156,10 +168,40 @@ def cast_weights(ckpt: Checkpoint, plan: CastPlan, strict: bool) -> Casting:
             )
             sources.add_chunked(storage, chunked)
         else:
-            produce = cast_stream(_chunker(reader, entry), target, stats[key], key, strict)
+            scale = Fp8Scale() if fp8_scale and target in FP8_MAX else None
+            produce = cast_stream(_chunker(reader, entry), target, stats[key], key, strict, scale)
             sources.add_stream(storage, produce)
+            if scale is not None:
+                scales[f"{key}_scale"] = (key, _scale_record(sources, scale, key))
         records[key] = by_view[view] = new
-    return Casting(plan, records, stats, sources, reader)
+    return Casting(plan, records, stats, sources, reader, scales)
+
+
+def _scale_record(sources: writer.Sources, scale: Fp8Scale, key: str) -> TensorRecord:
+    """A float32 scalar whose value the weight's cast finds (it is written after the weight)."""
+    storage = StorageRef(f"scale:{key}", "float32", "cpu", 1)
+
+    def produce() -> Iterator[bytes]:
+        if scale.value is None:
+            raise WriteFailed(f"{key}_scale was written before {key} (internal)")
+        yield struct.pack("<f", scale.value)
+
+    sources.add_stream(storage, produce)
+    return TensorRecord(storage, 0, (), (), "float32")
+
+
+def insert_after(
+    items: list[tuple[str, Any]], extras: dict[str, tuple[str, TensorRecord]]
+) -> list[tuple[str, Any]]:
+    """Weight items with new entries (fp8 scales) placed right after the key they belong to."""
+    after: dict[str, list[tuple[str, Any]]] = {}
+    for new_key, (owner, rec) in extras.items():
+        after.setdefault(owner, []).append((new_key, rec))
+    out: list[tuple[str, Any]] = []
+    for k, v in items:
+        out.append((k, v))
+        out.extend(after.get(k, []))
+    return out
 
 
 def _ranger(

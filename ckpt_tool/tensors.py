@@ -107,7 +107,7 @@ class TensorReader:
         )
         flat = raw.view(torch_dtype(rec.dtype))
         view = flat.as_strided(
-            rec.shape, rec.stride, rec.offset * DTYPE_SIZES[storage.dtype] // DTYPE_SIZES[rec.dtype]
+            rec.shape, rec.stride, rec.offset  # in elements of the tensor's dtype, as torch has it
         )
         return view.clone()
 
@@ -131,7 +131,7 @@ class TensorReader:
         )
         flat = raw.view(torch_dtype(rec.dtype))
         return flat.as_strided(
-            rec.shape, rec.stride, rec.offset * DTYPE_SIZES[storage.dtype] // DTYPE_SIZES[rec.dtype]
+            rec.shape, rec.stride, rec.offset  # in elements of the tensor's dtype, as torch has it
         )
 
     def file_backed(self, entry: TensorEntry) -> bool:
@@ -155,8 +155,8 @@ class TensorReader:
         assert storage is not None and self.file_backed(entry)
         loc = self.ckpt.locate(storage)
         size = DTYPE_SIZES[rec.dtype]
-        start = loc.offset + rec.offset * DTYPE_SIZES[storage.dtype]
-        if rec.offset * DTYPE_SIZES[storage.dtype] + rec.nbytes > loc.available:
+        start = loc.offset + rec.offset * size
+        if rec.offset * size + rec.nbytes > loc.available:
             raise UnreadableCheckpoint(
                 f"{self.ckpt.path}: storage {storage.key} is shorter than the tensor it holds"
             )

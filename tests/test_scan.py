@@ -411,6 +411,8 @@ COMMANDS: dict[str, tuple[list[str], str]] = {
     "smoke-train": (["{p}", "--arch", "mlp"], "refuse"),
     "diff": (["{p}", "{p}"], "refuse"),
     "average": (["{p}", "{p}", "-o", "{o}"], "refuse"),
+    "drop": (["{p}", "evil", "-o", "{o}"], "refuse"),
+    "merge-lora": (["{p}", "{p}", "-o", "{o}"], "refuse"),
 }
 NO_INPUT = {"archs", "demo"}  # demo builds its own model
 

@@ -16,7 +16,7 @@ from .freeze_cmd import count, freeze
 from .inspect_cmd import inspect
 from .merge_cmd import merge_lora
 from .scan_cmd import scan
-from .surgery_cmd import add_module, extract, rename, strip_module
+from .surgery_cmd import add_module, drop, extract, rename, strip_module
 from .train_cmd import smoke_train_cmd
 from .transplant_cmd import transplant
 
@@ -57,6 +57,7 @@ app.command("strip-module", rich_help_panel="Edit")(strip_module)
 app.command("add-module", rich_help_panel="Edit")(add_module)
 app.command(rich_help_panel="Edit")(rename)
 app.command(rich_help_panel="Edit")(extract)
+app.command(rich_help_panel="Edit")(drop)
 app.command(rich_help_panel="Edit")(transplant)
 app.command(rich_help_panel="Edit")(freeze)
 app.command(rich_help_panel="Edit")(cast)

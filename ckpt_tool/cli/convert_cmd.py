@@ -26,6 +26,7 @@ from ckpt_tool.convert import (
     Casting,
     cast_weights,
     dequantize_records,
+    insert_after,
     materialise,
     parse_size,
     quantized_keys,
@@ -44,7 +45,7 @@ from ckpt_tool.edit import (
 )
 from ckpt_tool.errors import OutputRefused, SurgeryError, UsageError
 from ckpt_tool.formats import writer
-from ckpt_tool.surgery.cast import parse_dtype, plan_cast
+from ckpt_tool.surgery.cast import FP8_MAX, parse_dtype, plan_cast
 
 KeepOpt = Annotated[
     list[str] | None,
@@ -60,6 +61,14 @@ KeepNormOpt = Annotated[
         "GroupNorm: weights and running stats) in float32.",
     ),
 ]
+Fp8ScaleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fp8-scale",
+        help="With an fp8 --dtype: divide each tensor by a per-tensor scale (amax / the "
+        "format's largest value) and store it as a float32 KEY_scale tensor after it.",
+    ),
+]
 StrictOpt = Annotated[
     bool,
     typer.Option(
@@ -67,15 +76,30 @@ StrictOpt = Annotated[
         help="Values overflowing the target dtype are an error (exit 3) instead of a warning.",
     ),
 ]
-_SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64"}
+_SHORT = {
+    "float16": "fp16",
+    "bfloat16": "bf16",
+    "float32": "fp32",
+    "float64": "fp64",
+    "float8_e4m3fn": "fp8",
+    "float8_e5m2": "fp8e5m2",
+}
 
 
 def _casting(
-    ckpt: Checkpoint, dtype: str, keep: list[str] | None, keep_norm: bool, strict: bool
+    ckpt: Checkpoint,
+    dtype: str,
+    keep: list[str] | None,
+    keep_norm: bool,
+    strict: bool,
+    fp8_scale: bool = False,
 ) -> Casting:
     entries = [(k, e.dtype, e.shape) for k, e in ckpt.tensors.items()]
-    plan = plan_cast(entries, parse_dtype(dtype), keep or [], keep_norm)
-    return cast_weights(ckpt, plan, strict)
+    target = parse_dtype(dtype)
+    if fp8_scale and target not in FP8_MAX:
+        raise UsageError(f"--fp8-scale needs an fp8 --dtype (fp8_e4m3fn or fp8_e5m2), not {dtype}")
+    plan = plan_cast(entries, target, keep or [], keep_norm)
+    return cast_weights(ckpt, plan, strict, fp8_scale)
 
 
 def _refuse_no_change(ckpt: Checkpoint, casting: Casting) -> None:
@@ -92,6 +116,12 @@ def _refuse_no_change(ckpt: Checkpoint, casting: Casting) -> None:
 
 
 def _warn_overflow(report: dict[str, Any]) -> None:
+    if report.get("saturated_total"):
+        render.warn(
+            f"{report['saturated_total']} values beyond the {report['dtype']} range saturated "
+            f"to its largest value in {', '.join(report['saturating'][:4])}; --fp8-scale scales "
+            "each tensor into range, --strict refuses"
+        )
     if report.get("overflow_total"):
         render.warn(
             f"{report['overflow_total']} values overflowed to inf in "
@@ -103,10 +133,16 @@ def _warn_overflow(report: dict[str, Any]) -> None:
 @boundary
 def cast(
     path: InputArg,
-    dtype: Annotated[str, typer.Option("--dtype", "-t", help="fp16, bf16, fp32 or fp64.")],
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype", "-t", help="fp16, bf16, fp32, fp64, or fp8_e4m3fn / fp8_e5m2 (saturating)."
+        ),
+    ],
     keep: KeepOpt = None,
     keep_norm: KeepNormOpt = False,
     strict: StrictOpt = False,
+    fp8_scale: Fp8ScaleOpt = False,
     output: OutputOpt = None,
     force: ForceOpt = False,
     in_place: InPlaceOpt = False,
@@ -123,10 +159,11 @@ def cast(
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
     refuse_rewrite(ckpt)
-    casting = _casting(ckpt, dtype, keep, keep_norm, strict)
+    casting = _casting(ckpt, dtype, keep, keep_norm, strict, fp8_scale)
     with casting.reader:
         _refuse_no_change(ckpt, casting)
-        out = rebuild(ckpt, replace_items(weight_items(ckpt), casting.records))
+        items = insert_after(replace_items(weight_items(ckpt), casting.records), casting.scales)
+        out = rebuild(ckpt, items)
         if dry_run:
             casting.drain()
         finish(
@@ -171,6 +208,7 @@ def convert(
     keep: KeepOpt = None,
     keep_norm: KeepNormOpt = False,
     strict: StrictOpt = False,
+    fp8_scale: Fp8ScaleOpt = False,
     max_shard_size: Annotated[
         str | None,
         typer.Option(
@@ -214,11 +252,13 @@ def convert(
     if not ckpt.tensors:
         what = ", ".join(list(ckpt.extras)[:4]) or "nothing"
         raise SurgeryError(f"{ckpt.path}: holds no tensors (it holds {what}); nothing to convert")
-    casting = _casting(ckpt, dtype, keep, keep_norm, strict) if dtype else None
+    if fp8_scale and not dtype:
+        raise UsageError("--fp8-scale needs --dtype fp8_e4m3fn or fp8_e5m2")
+    casting = _casting(ckpt, dtype, keep, keep_norm, strict, fp8_scale) if dtype else None
     try:
         items = weight_items(ckpt)
         if casting is not None:
-            items = replace_items(items, casting.records)
+            items = insert_after(replace_items(items, casting.records), casting.scales)
         out = rebuild(ckpt, items, weights_only=True)
         out.allow_drops = drop_extras
         if not drop_extras and (to_dcp or max_shard_size is not None):

@@ -21,6 +21,7 @@ from ckpt_tool.cli.common import (
 )
 from ckpt_tool.cli.write import finish
 from ckpt_tool.edit import apply_plan, rebuild, refuse_dangerous, refuse_rewrite, weight_items
+from ckpt_tool.errors import SurgeryError
 from ckpt_tool.surgery.rename import RenamePlan, add_plan, regex_plan, strip_plan
 
 PrefixOpt = Annotated[
@@ -169,6 +170,22 @@ def rename(
 @boundary
 def extract(
     path: InputArg,
+    keep: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep",
+            metavar="GLOB",
+            help="Only the weights whose keys match (repeatable), e.g. 'backbone.*'.",
+        ),
+    ] = None,
+    strip_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--strip-prefix",
+            metavar="PREFIX",
+            help="Remove PREFIX from every kept key (each must start with it), e.g. backbone.",
+        ),
+    ] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
@@ -184,7 +201,17 @@ def extract(
     """
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
-    out = rebuild(ckpt, weight_items(ckpt), weights_only=True)
+    items = weight_items(ckpt)
+    left_out: list[str] = []
+    if keep:
+        items, left_out = select_items(items, keep)
+    meta_fn = None
+    if strip_prefix is not None:
+        plan = strip_plan([k for k, _ in items], strip_prefix, partial=False)
+        mapping = dict(plan.pairs)
+        items = [(mapping.get(k, k), v) for k, v in items]
+        meta_fn = plan.meta_fn
+    out = rebuild(ckpt, items, meta_fn, weights_only=True)
     out.allow_drops = True  # extract keeps the tensors and lists what it drops
     if not out.weights:
         from ckpt_tool.errors import WeightsNotFound
@@ -194,8 +221,12 @@ def extract(
         "total_keys": len(out.weights),
         "tensors": len(out.weights),
         "dropped": [str(k) for k in ckpt.extras] if ckpt.layout == "training" else [],
+        "left_out": left_out,
+        "strip_prefix": strip_prefix,
         "layout": ckpt.layout,
     }
+    if left_out:
+        out.notes.append(f"--keep left out {len(left_out)} keys (e.g. {', '.join(left_out[:3])})")
     finish(
         "extract",
         ckpt,
@@ -210,3 +241,131 @@ def extract(
         keep_device=keep_device,
         json_out=json_out,
     )
+
+
+def select_items(
+    items: list[tuple[str, Any]], globs: list[str]
+) -> tuple[list[tuple[str, Any]], list[str]]:
+    """Items whose key matches one of the globs, and the keys left out; every glob must
+    match something."""
+    import fnmatch
+
+    used = dict.fromkeys(globs, False)
+    kept: list[tuple[str, Any]] = []
+    left: list[str] = []
+    for key, value in items:
+        hit = next((g for g in globs if fnmatch.fnmatchcase(key, g)), None)
+        if hit is None:
+            left.append(key)
+        else:
+            used[hit] = True
+            kept.append((key, value))
+    unused = [g for g, u in used.items() if not u]
+    if unused:
+        raise SurgeryError(
+            f"--keep {unused[0]!r} matches no key (keys look like "
+            f"{', '.join(repr(k) for k, _ in items[:3])})"
+        )
+    return kept, left
+
+
+@boundary
+def drop(
+    path: InputArg,
+    patterns: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="PATTERN...",
+            help="Weight keys (globs such as 'aux_head.*') or entries of a training checkpoint "
+            "(optimizer, lr_scheduler, callbacks, ...) to remove.",
+            show_default=False,
+        ),
+    ],
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+    in_place: InPlaceOpt = False,
+    dry_run: DryRunOpt = False,
+    no_verify: NoVerifyOpt = False,
+    weights: WeightsOpt = None,
+    keep_device: KeepDeviceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove weights by pattern, or training-checkpoint entries by name; keep the rest.
+
+    Reports what went and the bytes saved. Example: ckpt drop last.ckpt optimizer_states
+    lr_schedulers callbacks -o slim.ckpt
+    """
+    import fnmatch
+
+    ckpt = load(path, weights=weights)
+    refuse_dangerous(ckpt)
+    refuse_rewrite(ckpt)
+    entries = [str(k) for k in ckpt.root] if ckpt.layout == "training" else []
+    items = weight_items(ckpt)
+    gone_entries: list[str] = []
+    gone_keys: list[str] = []
+    for pattern in patterns:
+        entries_hit = [
+            e for e in entries if e != ckpt.weights_key and fnmatch.fnmatchcase(e, pattern)
+        ]
+        keys_hit = [k for k, _ in items if fnmatch.fnmatchcase(k, pattern)]
+        if not entries_hit and not keys_hit:
+            shown = ", ".join(repr(e) for e in entries[:6]) or ", ".join(
+                repr(k) for k, _ in items[:3]
+            )
+            raise SurgeryError(f"{ckpt.path}: {pattern!r} matches nothing (the file holds {shown})")
+        gone_entries += [e for e in entries_hit if e not in gone_entries]
+        gone_keys += [k for k in keys_hit if k not in gone_keys]
+    kept = [(k, v) for k, v in items if k not in set(gone_keys)]
+    if not kept:
+        raise SurgeryError(f"{ckpt.path}: the patterns would remove every weight; use extract")
+    out = rebuild(ckpt, kept)
+    root_entries = {str(k): v for k, v in ckpt.root.items()} if isinstance(ckpt.root, dict) else {}
+    for entry in gone_entries:
+        for k in [k for k in out.root if str(k) == entry]:
+            del out.root[k]
+    saved = _tensor_bytes([root_entries[e] for e in gone_entries]) + _tensor_bytes(
+        [v for k, v in items if k in set(gone_keys)]
+    )
+    report = {
+        "dropped_entries": gone_entries,
+        "dropped_keys": gone_keys,
+        "bytes_saved": saved,
+        "tensors": len(out.weights),
+    }
+    out.notes.insert(
+        0,
+        f"dropped {len(gone_entries)} entries ({', '.join(gone_entries) or '-'}) and "
+        f"{len(gone_keys)} weight keys; about {saved:,} bytes of tensors less",
+    )
+    finish(
+        "drop",
+        ckpt,
+        out,
+        report,
+        output=output,
+        tag="dropped",
+        force=force,
+        in_place=in_place,
+        dry_run=dry_run,
+        verify=not no_verify,
+        keep_device=keep_device,
+        json_out=json_out,
+    )
+
+
+def _tensor_bytes(values: list[Any]) -> int:
+    """Bytes of the distinct storages the values hold."""
+    from ckpt_tool.formats.safe_pickle import TensorRecord, walk
+
+    seen: set[int] = set()
+    total = 0
+    for obj in walk(values):
+        if (
+            isinstance(obj, TensorRecord)
+            and obj.storage is not None
+            and id(obj.storage) not in seen
+        ):
+            seen.add(id(obj.storage))
+            total += obj.storage.nbytes
+    return total

@@ -260,21 +260,24 @@ class PickleWriter:
         self.save(arr.data)
         self._op(b"tb")
 
-    def _storage_pid(self, storage: StorageRef) -> None:
+    def _storage_pid(self, storage: StorageRef, untyped: bool = False) -> None:
         key = self.storage_keys.get(id(storage))
         if key is None:
             key = str(len(self.storages))
             self.storage_keys[id(storage)] = key
             self.storages.append((key, storage))
-        storage_class = DTYPE_STORAGES.get(storage.dtype)
-        if storage_class is None:
-            raise WriteFailed(f"dtype {storage.dtype} cannot be written to a .pth file yet")
+        storage_class = None if untyped else DTYPE_STORAGES.get(storage.dtype)
+        if storage.dtype not in DTYPE_SIZES:
+            raise WriteFailed(f"dtype {storage.dtype} cannot be written to a .pth file")
         self._op(b"(")
         self._str("storage")
-        self._global("torch", storage_class)
+        if storage_class is None:  # fp8, uint16/32/64: an untyped storage, sized in bytes
+            self._global("torch.storage", "UntypedStorage")
+        else:
+            self._global("torch", storage_class)
         self._str(key)
         self._str(storage.location if self.keep_device else "cpu")
-        self._int(storage.numel)
+        self._int(storage.numel if storage_class is not None else storage.nbytes)
         self._op(b"tQ")
 
     def _tensor(self, rec: TensorRecord) -> None:
@@ -286,15 +289,20 @@ class PickleWriter:
         if rec.is_parameter:
             self._global("torch._utils", "_rebuild_parameter")
             self._op(b"(")
-        self._global("torch._utils", "_rebuild_tensor_v2")
+        # dtypes without a storage class (fp8, uint16...), and tensors viewing a storage as
+        # another dtype, are written as torch writes them: an untyped storage, the dtype named
+        untyped = rec.storage.dtype not in DTYPE_STORAGES or rec.storage.dtype != rec.dtype
+        self._global("torch._utils", "_rebuild_tensor_v3" if untyped else "_rebuild_tensor_v2")
         self._op(b"(")
-        self._storage_pid(rec.storage)
+        self._storage_pid(rec.storage, untyped)
         self._int(rec.offset)
         self._tuple(rec.shape)
         self._tuple(rec.stride)
         self._op(b"\x88" if rec.requires_grad and not rec.is_parameter else b"\x89")
         self._global("collections", "OrderedDict")
         self._op(b")R")
+        if untyped:  # torch's own form for dtypes without a storage class: the dtype named
+            self._global("torch", rec.dtype)
         self._op(b"tR")
         if rec.is_parameter:
             self._op(b"\x88" if rec.requires_grad else b"\x89")

@@ -32,8 +32,20 @@ DTYPE_CHOICES = {
     "fp64": "float64",
     "float64": "float64",
     "double": "float64",
+    "fp8": "float8_e4m3fn",
+    "fp8_e4m3fn": "float8_e4m3fn",
+    "float8_e4m3fn": "float8_e4m3fn",
+    "e4m3": "float8_e4m3fn",
+    "fp8_e5m2": "float8_e5m2",
+    "float8_e5m2": "float8_e5m2",
+    "e5m2": "float8_e5m2",
 }
 FLOATING = frozenset({"float16", "bfloat16", "float32", "float64"})
+# fp8 targets and their largest finite values: larger magnitudes (and ±inf) saturate to it.
+FP8_MAX = {"float8_e4m3fn": 448.0, "float8_e5m2": 57344.0}
+TARGETS = FLOATING | set(FP8_MAX)
+# Tensors fp8 leaves alone by default (as the fp8 recipes of the field do): embeddings.
+_EMBEDDING = re.compile(r"(^|\.)(embed\w*|wte|wpe|tok_embeddings|\w*_embeddings?)(\.|$)")
 # Module names that are normalisation layers in the common model zoos (bn1, norm, ln_2, gn...).
 # bn1, gn, ln_2, norm, LayerNorm (BERT), input_layernorm / post_attention_layernorm (Llama),
 # final_layer_norm, norm_f, ln_f ...
@@ -45,12 +57,12 @@ CHUNK_ELEMENTS = 1 << 20  # 4 MB of float32: a chunk's passes stay in the CPU ca
 
 
 def parse_dtype(name: str) -> str:
-    """Our dtype name for fp16/bf16/fp32/... or a usage error listing the choices."""
+    """Our dtype name for fp16/bf16/fp32/fp8... or a usage error listing the choices."""
     dtype = DTYPE_CHOICES.get(name.lower())
     if dtype is None:
         raise UsageError(
-            f"unknown dtype {name!r}; choose one of fp16, bf16, fp32, fp64 "
-            "(or float16, bfloat16, float32, float64)"
+            f"unknown dtype {name!r}; choose one of fp16, bf16, fp32, fp64, fp8_e4m3fn, "
+            "fp8_e5m2 (or float16, bfloat16, float32, float64)"
         )
     return dtype
 
@@ -92,15 +104,16 @@ def plan_cast(
 ) -> CastPlan:
     """Decide each tensor's dtype: floating tensors cast, integers and bools kept, and the
     --keep / --keep-norm exceptions (norm layers held in fp32)."""
-    if dtype not in FLOATING:
+    if dtype not in TARGETS:
         raise UsageError(f"cannot cast to {dtype}: only floating dtypes are targets")
+    fp8 = dtype in FP8_MAX
     if norms is None:
         norms = norm_paths({k: s for k, _, s in entries}) if keep_norm else set()
     used = dict.fromkeys(keep, False)
     bare_norms = {n[len(wrapper_chain(n + ".")) :] for n in norms}
     targets: dict[str, str | None] = {}
     reasons: dict[str, str] = {}
-    for key, current, _ in entries:
+    for key, current, shape in entries:
         bare = key[len(wrapper_chain(key)) :]
         hit = next(
             (p for p in keep if fnmatch.fnmatchcase(key, p) or fnmatch.fnmatchcase(bare, p)),
@@ -116,6 +129,10 @@ def plan_cast(
                 targets[key], reasons[key] = None, "norm layer kept in float32"
             else:
                 targets[key], reasons[key] = "float32", "norm layer held in float32"
+        elif fp8 and len(shape) <= 1:
+            targets[key], reasons[key] = None, "1-D tensor kept (fp8 casts matrices only)"
+        elif fp8 and _EMBEDDING.search(bare):
+            targets[key], reasons[key] = None, "embedding kept (fp8 casts linear weights)"
         elif current == dtype:
             targets[key], reasons[key] = None, f"already {dtype}"
         else:
@@ -128,6 +145,7 @@ class CastStats:
     """What casting one tensor did to its values."""
 
     overflow: int = 0  # finite values that became inf
+    saturated: int = 0  # fp8: values beyond the largest finite value (±inf too), clamped to it
     underflow: int = 0  # non-zero values that became zero
     nonfinite: int = 0  # NaN/Inf already in the input
     err_sq: float = 0.0
@@ -137,6 +155,7 @@ class CastStats:
     def set_sum(self, parts: Sequence[CastStats]) -> None:
         """Become the sum of per-chunk statistics (added in order: reproducible sums)."""
         self.overflow = sum(p.overflow for p in parts)
+        self.saturated = sum(p.saturated for p in parts)
         self.underflow = sum(p.underflow for p in parts)
         self.nonfinite = sum(p.nonfinite for p in parts)
         self.err_sq = math.fsum(p.err_sq for p in parts)
@@ -155,25 +174,59 @@ def cast_stream(
     stats: CastStats,
     key: str,
     strict: bool,
+    scale: Fp8Scale | None = None,
 ) -> Callable[[], Iterator[bytes]]:
     """A producer of the cast tensor's bytes, from the source's flat chunks (C order),
-    filling stats as it goes; --strict turns overflow into CheckFailed before anything lands."""
+    filling stats as it goes; --strict turns overflow into CheckFailed before anything lands.
+
+    fp8 targets saturate: magnitudes beyond the format's largest finite value (and ±inf) are
+    clamped to it and counted; NaN stays NaN; the rest is torch's own `.to(float8)`. With
+    `scale`, the tensor is divided by its per-tensor scale first (a first pass finds amax)."""
 
     def produce() -> Iterator[bytes]:
         import torch
 
         target = getattr(torch, dtype)
+        limit = FP8_MAX.get(dtype)
+        divisor = scale.value if scale is not None else None
+        if scale is not None:
+            scale.value = divisor = _fp8_scale(chunks, dtype)
         for x in chunks():
+            if limit is not None:
+                x = x.float() if divisor is None else x.float() / divisor
+                stats.saturated += int((x.abs() > limit).sum())  # NaN compares False: kept
+                x = x.clamp(-limit, limit)
             y = x.to(target)
             _account(x, y, stats)
             yield y.view(torch.uint8).numpy().tobytes()
-        if strict and stats.overflow:
+        problem = stats.overflow or stats.saturated
+        if strict and problem:
+            what = "overflow" if stats.overflow else "exceed the fp8 range of"
             raise CheckFailed(
-                f"{key}: {stats.overflow} values overflow {dtype} (--strict); nothing written. "
-                "Keep the tensor with --keep, or --keep-norm for normalisation statistics"
+                f"{key}: {problem} values {what} {dtype} (--strict); nothing written. "
+                "Keep the tensor with --keep (or --keep-norm; --fp8-scale for fp8)"
             )
 
     return produce
+
+
+@dataclass
+class Fp8Scale:
+    """A tensor's fp8 scale (amax / the format's largest value), known once computed."""
+
+    value: float | None = None
+
+
+def _fp8_scale(chunks: Callable[[], Iterator[torch.Tensor]], dtype: str) -> float:
+    """Per-tensor scaling: the largest finite magnitude maps to the format's largest value."""
+    import torch
+
+    amax = 0.0
+    for x in chunks():
+        finite = x.float()[torch.isfinite(x.float())]
+        if finite.numel():
+            amax = max(amax, float(finite.abs().max()))
+    return amax / FP8_MAX[dtype] if amax > 0 else 1.0
 
 
 def _account(x: Any, y: Any, stats: CastStats) -> None:
