@@ -331,8 +331,14 @@ def write_sharded(
             with contextlib.suppress(OSError):
                 written.path.unlink()
         raise
-    total = sum(r.nbytes for k, r in records.items() if owner[view_key(r)] == k)
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    unique = [r for k, r in records.items() if owner[view_key(r)] == k]
+    index = {  # as transformers writes it: sizes of the stored tensors, keys sorted
+        "metadata": {
+            "total_size": sum(r.nbytes for r in unique),
+            "total_parameters": sum(r.numel for r in unique),
+        },
+        "weight_map": dict(sorted(weight_map.items())),
+    }
     data = (json.dumps(index, indent=2) + "\n").encode()
     try:
         with writer.atomic_file(index_path) as (f, tmp):

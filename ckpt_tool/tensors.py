@@ -107,7 +107,9 @@ class TensorReader:
         )
         flat = raw.view(torch_dtype(rec.dtype))
         view = flat.as_strided(
-            rec.shape, rec.stride, rec.offset  # in elements of the tensor's dtype, as torch has it
+            rec.shape,
+            rec.stride,
+            rec.offset,  # in elements of the tensor's dtype, as torch has it
         )
         return view.clone()
 
@@ -131,7 +133,9 @@ class TensorReader:
         )
         flat = raw.view(torch_dtype(rec.dtype))
         return flat.as_strided(
-            rec.shape, rec.stride, rec.offset  # in elements of the tensor's dtype, as torch has it
+            rec.shape,
+            rec.stride,
+            rec.offset,  # in elements of the tensor's dtype, as torch has it
         )
 
     def file_backed(self, entry: TensorEntry) -> bool:

@@ -45,6 +45,7 @@ from ckpt_tool.edit import (
 )
 from ckpt_tool.errors import OutputRefused, SurgeryError, UsageError
 from ckpt_tool.formats import writer
+from ckpt_tool.hf_folder import is_folder_output
 from ckpt_tool.surgery.cast import FP8_MAX, parse_dtype, plan_cast
 
 KeepOpt = Annotated[
@@ -199,7 +200,8 @@ def convert(
             "--output",
             "-o",
             metavar="OUT",
-            help="Output: .pth/.pt/.bin/.ckpt, .safetensors, or a folder with --to-dcp.",
+            help="Output: .pth/.pt/.bin/.ckpt, .safetensors, a folder with --to-dcp, or (from a "
+            "model folder) a new model folder: weights, config.json and the other files.",
         ),
     ],
     dtype: Annotated[
@@ -269,8 +271,13 @@ def convert(
             "layout": ckpt.layout,
             "tensors": len(out.weights),
         }
+        if to_dcp and output.suffix:
+            raise UsageError(
+                f"{output}: --to-dcp writes a folder; give a folder name without an extension"
+            )
+        folder_out = is_folder_output(output) and ckpt.path.is_dir() and not to_dcp
         quantized = quantized_keys(out.weights)
-        pth_out = not to_dcp and writer.output_format(output) == "pth"
+        pth_out = not to_dcp and not folder_out and writer.output_format(output) == "pth"
         if dequantize and (pth_out or not quantized):
             raise UsageError(
                 "--dequantize is for .safetensors and DCP outputs of quantized checkpoints "
@@ -294,7 +301,24 @@ def convert(
 
         if dry_run and casting is not None:
             casting.drain()
-        if to_dcp:
+        if folder_out:
+            finish(
+                "convert",
+                ckpt,
+                out,
+                base,
+                output=output,
+                tag="converted",
+                force=force,
+                in_place=False,
+                dry_run=dry_run,
+                verify=not no_verify,
+                json_out=json_out,
+                sources=sources,
+                late_report=late,
+                max_shard=parse_size(max_shard_size) if max_shard_size else None,
+            )
+        elif to_dcp:
             _convert_to_dcp(
                 ckpt,
                 out.weights,

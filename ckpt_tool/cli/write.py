@@ -9,7 +9,9 @@ from typing import Any
 from ckpt_tool import render
 from ckpt_tool.checkpoint import Checkpoint
 from ckpt_tool.edit import Output, save
+from ckpt_tool.errors import OutputRefused
 from ckpt_tool.formats.writer import Sources, resolve_output
+from ckpt_tool.hf_folder import is_folder_output
 
 
 def default_ext(ckpt: Checkpoint) -> str | None:
@@ -35,11 +37,18 @@ def finish(
     sources: Sources | None = None,
     late_report: Callable[[], dict[str, Any]] | None = None,
     keep_device: bool = False,
+    max_shard: int | None = None,
 ) -> None:
     """Resolve the target (same refusals in a dry run), write it unless dry-run, print.
 
-    `late_report` adds what is only known after writing (e.g. cast statistics).
+    `late_report` adds what is only known after writing (e.g. cast statistics). `-o DIR`
+    (no extension) writes a whole model folder (weights, config.json, tokenizer files ...).
     """
+    if is_folder_output(output) and ckpt.path.is_dir():
+        assert output is not None
+        _finish_folder(command, ckpt, out, report, output, force, dry_run, verify, json_out,
+                       sources, late_report, max_shard)  # fmt: skip
+        return
     # a dry run reports what would be written, even over an existing output (said in a note)
     target = resolve_output(
         ckpt.path, output, tag=tag, force=force or dry_run, in_place=in_place, ext=default_ext(ckpt)
@@ -78,3 +87,53 @@ def emit(
         render.print_json(report)
     else:
         render.edit_report(report)
+
+
+def _finish_folder(
+    command: str,
+    ckpt: Checkpoint,
+    out: Output,
+    report: dict[str, Any],
+    target: Path,
+    force: bool,
+    dry_run: bool,
+    verify: bool,
+    json_out: bool,
+    sources: Sources | None,
+    late_report: Callable[[], dict[str, Any]] | None,
+    max_shard: int | None,
+) -> None:
+    from ckpt_tool.edit import non_tensor_entries, refuse_drops, safetensors_metadata
+    from ckpt_tool.formats.writer import storage_backed
+    from ckpt_tool.hf_folder import write_hf_folder
+
+    if ckpt.layout == "training" and out.whole_container:
+        raise OutputRefused(
+            f"{target}: a model folder holds only the weights; the training state would be "
+            f"lost: run `ckpt extract {ckpt.path}` first"
+        )
+    if not out.allow_drops:
+        refuse_drops(non_tensor_entries(ckpt), target, "a model folder")
+    report = {
+        "command": command,
+        "input": str(ckpt.path),
+        "output": str(target),
+        "dry_run": dry_run,
+        "written": False,
+        "weights_key": ckpt.weights_key,
+        **report,
+        "notes": list(out.notes) + list(report.get("notes", [])),
+    }
+    if not dry_run:
+        sources = sources or Sources(ckpt)
+        records = storage_backed(out.weights, sources)
+        meta = safetensors_metadata(ckpt, out.weights, out.bn_eval)
+        done = write_hf_folder(
+            ckpt, records, sources, meta, target, max_shard=max_shard, force=force, verify=verify
+        )
+        report.update(written=True, verified=verify, **done)
+        if done["copied"]:
+            report["notes"].append(f"copied from the input folder: {', '.join(done['copied'])}")
+        if done["config_dtype"]:
+            report["notes"].append(f"config.json torch_dtype set to {done['config_dtype']}")
+    emit(report, late_report, json_out)

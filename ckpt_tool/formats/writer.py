@@ -48,8 +48,13 @@ def output_format(path: Path) -> str:
         return "safetensors"
     if path.suffix in PTH_SUFFIXES:
         return "pth"
+    if not path.suffix:
+        raise UsageError(
+            f"{path}: has no extension; name a file (.pth, .pt, .bin, .ckpt, .safetensors); "
+            "a folder output needs a model folder as input, or --to-dcp"
+        )
     raise UsageError(
-        f"{path}: unsupported output extension {path.suffix or '(none)'!r}; use .pth, .pt, "
+        f"{path}: unsupported output extension {path.suffix!r}; use .pth, .pt, "
         ".bin, .ckpt or .safetensors"
     )
 
@@ -67,7 +72,15 @@ def derived_name(src: Path, tag: str, ext: str | None = None) -> Path:
         suffix = ext
     if not suffix or suffix not in (*PTH_SUFFIXES, ".pth.tar", ".pt.tar", ".safetensors"):
         suffix = ".pth"
+    if in_hf_cache(src):  # never beside a cache's files: the current folder instead
+        return Path(f"{stem}.{tag}{suffix}")
     return src.parent / f"{stem}.{tag}{suffix}"
+
+
+def in_hf_cache(path: Path) -> bool:
+    """A file or folder inside a Hugging Face cache snapshot (.../models--x/snapshots/...)."""
+    parts = Path(os.path.abspath(path)).parts
+    return any(p.startswith("models--") for p in parts) and "snapshots" in parts
 
 
 def resolve_output(
@@ -85,6 +98,11 @@ def resolve_output(
     if in_place:
         if not src.is_file():
             raise UsageError(f"{src}: --in-place needs a single checkpoint file")
+        if in_hf_cache(src):
+            raise OutputRefused(
+                f"{src}: is inside a Hugging Face cache (its files are shared links to blobs); "
+                "write a copy with -o instead of --in-place"
+            )
         target = src
     else:
         target = output if output is not None else derived_name(src, tag, ext)
