@@ -394,6 +394,26 @@ def first_conv(model: nn.Module) -> tuple[str, nn.Module] | None:
     return None
 
 
+def declared_image_size(model: nn.Module) -> tuple[int, int] | None:
+    """The image size a model says it takes: timm's patch_embed.img_size or pretrained_cfg,
+    torchvision's image_size; None when it says nothing."""
+    patch = getattr(getattr(model, "patch_embed", None), "img_size", None)  # timm ViTs as built
+    if isinstance(patch, (tuple, list)) and len(patch) == 2:
+        return int(patch[0]), int(patch[1])
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if (
+        isinstance(size, (tuple, list))
+        and len(size) == 3
+        and all(isinstance(d, int) and d > 0 for d in size)
+    ):
+        return int(size[1]), int(size[2])
+    image = getattr(model, "image_size", None)  # torchvision's VisionTransformer
+    if isinstance(image, int) and not isinstance(image, bool) and image > 0:
+        return image, image
+    return None
+
+
 def adapt_stem(model: nn.Module, in_chans: int, label: str) -> str:
     """Rebuild the first convolution for in_chans input channels; returns its module name."""
     found = first_conv(model)

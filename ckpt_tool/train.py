@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.apply import AppliedFreeze, apply_freeze
-from ckpt_tool.archs import Built, construct
+from ckpt_tool.archs import Built, construct, declared_image_size
 from ckpt_tool.checkpoint import Checkpoint, load
 from ckpt_tool.edit import refuse_dangerous
 from ckpt_tool.errors import CkptError, UsageError, WeightsNotFound
@@ -221,16 +221,13 @@ def infer_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     from torch import nn
 
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    patch = getattr(getattr(model, "patch_embed", None), "img_size", None)  # timm ViTs as built
-    if isinstance(patch, (tuple, list)) and len(patch) == 2 and first_conv is not None:
-        return (first_conv.in_channels, int(patch[0]), int(patch[1]))
+    image = declared_image_size(model)
+    if image is not None and first_conv is not None:
+        return (first_conv.in_channels, *image)
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
     if isinstance(size, (tuple, list)) and size and all(isinstance(d, int) and d > 0 for d in size):
         return tuple(size)
-    image = getattr(model, "image_size", None)  # torchvision's VisionTransformer
-    if isinstance(image, int) and image > 0 and first_conv is not None:
-        return (first_conv.in_channels, image, image)
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             c = module.in_channels

@@ -88,6 +88,15 @@ def transplant(
             "--keep-dtype", help="Keep the source's dtypes for copied tensors (default: target's)."
         ),
     ] = False,
+    resize_patch: Annotated[
+        bool,
+        typer.Option(
+            "--resize-patch",
+            help="Resample the patch-embedding kernel when the patch size differs (ViTs; "
+            "timm's resample_patch_embed). Position embeddings are resampled to the target's "
+            "grid whenever only the grid differs.",
+        ),
+    ] = False,
     min_coverage: Annotated[
         float,
         typer.Option(
@@ -113,6 +122,8 @@ def transplant(
     Writes a state_dict that loads into the target with load_state_dict(strict=True).
 
     Example: ckpt transplant resnet18.pth --into resnet34 --num-classes 4
+
+    Example: ckpt transplant vit224.pth --into timm/vit_small_patch16_224 --arch-arg img_size=384
     """
     ckpt = load(path, weights=weights)
     refuse_dangerous(ckpt)
@@ -134,6 +145,7 @@ def transplant(
         init=init.value,
         seed=seed,
         keep_dtype=keep_dtype,
+        resize_patch=resize_patch,
     )
     ckpt.bn_eval = []  # the source's BatchNorm freeze state names its modules, not the target's
     report: dict[str, Any] = {

@@ -74,6 +74,7 @@ class KeyPlan:
     rule: str | None = None  # what renamed it: a --map, or "suffix match"
     detail: str | None = None  # adaptation, classifier change, cast
     init: str | None = None  # how a key that was not transferred is initialised
+    resample: Resample | None = None  # how an adapted position embedding or patch kernel is made
 
     @property
     def numel(self) -> int:
@@ -93,7 +94,41 @@ class KeyPlan:
             "rule": self.rule,
             "detail": self.detail,
             "init": self.init,
+            "resampled": None if self.resample is None else self.resample.as_json(),
         }
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A target position embedding's token layout: prefix tokens, then a rows x cols grid."""
+
+    size: tuple[int, int]
+    prefix_tokens: int
+
+
+@dataclass(frozen=True)
+class Resample:
+    """A position embedding (grid to grid) or patch kernel (size to size), bicubic, as timm."""
+
+    what: str  # "position_embedding" or "patch_kernel"
+    old: tuple[int, int]
+    new: tuple[int, int]
+    prefix_tokens: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "from": list(self.old),
+            "to": list(self.new),
+            "prefix_tokens": self.prefix_tokens,
+        }
+
+    def describe(self) -> str:
+        old, new = "×".join(map(str, self.old)), "×".join(map(str, self.new))
+        if self.what == "patch_kernel":
+            return f"patch kernel {old} → {new}, pseudo-inverse of the bicubic resize"
+        kept = f"{self.prefix_tokens} prefix token{'s' if self.prefix_tokens != 1 else ''} kept"
+        return f"position grid {old} → {new}, bicubic, {kept}"
 
 
 @dataclass
@@ -262,6 +297,22 @@ def _only_dim_differs(a: tuple[int, ...], b: tuple[int, ...], dim: int) -> bool:
     )
 
 
+def _kernel_only_differs(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return len(a) == len(b) == 4 and a[:2] == b[:2] and a[2:] != b[2:]
+
+
+def _grid_resample(source: tuple[int, ...], target: tuple[int, ...], grid: Grid) -> Resample | None:
+    """The resampling that turns a (1, prefix + h*w, dim) source embedding into the target's
+    grid; the source grid is taken as square (as timm does without size metadata)."""
+    if len(source) != 3 or len(target) != 3 or source[0] != 1 or source[2] != target[2]:
+        return None
+    tokens = source[1] - grid.prefix_tokens
+    side = math.isqrt(tokens) if tokens > 0 else 0
+    if side * side != tokens or (side, side) == grid.size:
+        return None
+    return Resample("position_embedding", (side, side), grid.size, grid.prefix_tokens)
+
+
 def init_label(key: str, meta: Meta, method: str, seed: int, norms: Collection[str]) -> str:
     """How a key that is not transferred gets its value, under --init METHOD."""
     default = f"architecture default (seed {seed})"
@@ -290,11 +341,16 @@ def plan(
     seed: int = 0,
     keep_dtype: bool = False,
     norms: Collection[str] = (),
+    grids: Mapping[str, Grid] | None = None,
+    patch_kernel: str | None = None,
+    resize_patch: bool = False,
 ) -> TransplantPlan:
     """Decide, for every target key, which source key fills it and how (no tensor is read).
 
     `input_conv` is the target key of the first convolution's weight (adapted when in_chans is
-    given); `norms` are the target's normalisation-layer weights (set to 1 under --init).
+    given); `norms` are the target's normalisation-layer weights (set to 1 under --init);
+    `grids` are the target's absolute position embeddings (resampled when only the grid
+    differs) and `patch_kernel` its patch-embedding weight (resampled with resize_patch).
     """
     if match not in MATCH_MODES:
         raise UsageError(f"--match {match!r}: choose one of {', '.join(MATCH_MODES)}")
@@ -351,6 +407,20 @@ def plan(
                 if in_chans == 1
                 else f"{chans} input channels repeated to {in_chans}, scaled by {chans}/{in_chans}"
             )
+        elif grids and t in grids and (how := _grid_resample(sm.shape, tm.shape, grids[t])):
+            row.status, row.resample = "adapted", how
+            row.detail = how.describe()
+        elif t == patch_kernel and _kernel_only_differs(sm.shape, tm.shape):
+            how = Resample("patch_kernel", (sm.shape[2], sm.shape[3]), (tm.shape[2], tm.shape[3]))
+            if resize_patch:
+                row.status, row.resample = "adapted", how
+                row.detail = how.describe()
+            else:
+                row.status, row.init = "shape_mismatch", init_how
+                row.detail = (
+                    f"patch kernel {'×'.join(map(str, how.old))} vs "
+                    f"{'×'.join(map(str, how.new))}: --resize-patch resamples it"
+                )
         elif (
             num_classes is not None
             and _only_dim_differs(sm.shape, tm.shape, 0)
@@ -524,6 +594,101 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return work.to(weight.dtype).contiguous()
 
 
+def resample_position_embedding(
+    embed: torch.Tensor, old: tuple[int, int], new: tuple[int, int], prefix_tokens: int
+) -> torch.Tensor:
+    """(1, prefix + old grid, dim) -> (1, prefix + new grid, dim): the grid part resized
+    bicubic with antialiasing in float32, prefix tokens (class, distillation) kept as they are;
+    the arithmetic of timm's resample_abs_pos_embed."""
+    import torch
+    from torch.nn import functional as F
+
+    prefix, grid = embed[:, :prefix_tokens], embed[:, prefix_tokens:]
+    dim = grid.shape[-1]
+    work = grid.float().reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2)
+    work = F.interpolate(work, size=new, mode="bicubic", antialias=True, align_corners=False)
+    out = work.permute(0, 2, 3, 1).reshape(1, -1, dim).to(embed.dtype)
+    return torch.cat([prefix, out], dim=1) if prefix_tokens else out
+
+
+def resample_patch_kernel(kernel: torch.Tensor, new: tuple[int, int]) -> torch.Tensor:
+    """A patch-embedding kernel for another patch size: the pseudo-inverse of the bicubic
+    resize of its inputs (FlexiViT), so the new kernel on resized patches gives the old
+    kernel's outputs; the arithmetic of timm's resample_patch_embed."""
+    import torch
+    from torch.nn import functional as F
+
+    out_ch, in_ch, h, w = kernel.shape
+    basis = torch.eye(h * w, dtype=torch.float32).reshape(h * w, 1, h, w)
+    resized = F.interpolate(basis, size=new, mode="bicubic", antialias=True, align_corners=False)
+    matrix = resized.squeeze(1).permute(1, 2, 0).reshape(new[0] * new[1], h * w)
+    pinv = torch.linalg.pinv(matrix)
+    work = kernel.reshape(out_ch, in_ch, -1).float() @ pinv
+    result: torch.Tensor = work.reshape(out_ch, in_ch, *new).to(kernel.dtype)
+    return result
+
+
+def apply_resample(value: torch.Tensor, how: Resample) -> torch.Tensor:
+    if how.what == "patch_kernel":
+        return resample_patch_kernel(value, how.new).contiguous()
+    return resample_position_embedding(value, how.old, how.new, how.prefix_tokens).contiguous()
+
+
+POSITION_NAMES = ("pos_embed", "pos_embedding", "position_embeddings", "absolute_pos_embed")
+
+
+def position_grids(model: nn.Module) -> tuple[dict[str, Grid], str | None]:
+    """The target's absolute position embeddings (by name, 3-D, one row) with their token
+    grid, and its patch-embedding weight: the first convolution whose stride is its kernel.
+
+    The grid is what the model says (timm's patch_embed.grid_size and num_prefix_tokens),
+    else the input size it declares over the patch stride, the rest of the tokens prefix.
+    """
+    from ckpt_tool.archs import declared_image_size, first_conv
+
+    found = first_conv(model)
+    patch_key: str | None = None
+    stride: tuple[int, int] | None = None
+    if found is not None:
+        conv = found[1]
+        kernel = tuple(getattr(conv, "kernel_size", ()))
+        if len(kernel) == 2 and tuple(getattr(conv, "stride", ())) == kernel and kernel[0] > 1:
+            patch_key = f"{found[0]}.weight" if found[0] else "weight"
+            stride = (int(kernel[0]), int(kernel[1]))
+    image = declared_image_size(model)
+    grids: dict[str, Grid] = {}
+    for name, param in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        if leaf not in POSITION_NAMES or param.dim() != 3 or param.shape[0] != 1:
+            continue
+        module = model.get_submodule(owner) if owner else model
+        tokens = int(param.shape[1])
+        grid = _declared_grid(module, tokens)
+        if grid is None and image is not None and stride is not None:
+            rows, cols = image[0] // stride[0], image[1] // stride[1]
+            if 0 <= tokens - rows * cols <= 8:
+                grid = Grid((rows, cols), tokens - rows * cols)
+        if grid is None:  # a square grid after the fewest prefix tokens
+            for prefix in range(0, 9):
+                side = math.isqrt(max(tokens - prefix, 0))
+                if side > 1 and side * side == tokens - prefix:
+                    grid = Grid((side, side), prefix)
+                    break
+        if grid is not None:
+            grids[name] = grid
+    return grids, patch_key
+
+
+def _declared_grid(module: nn.Module, tokens: int) -> Grid | None:
+    """timm's VisionTransformer family: patch_embed.grid_size, num_prefix_tokens, no_embed_class."""
+    size = getattr(getattr(module, "patch_embed", None), "grid_size", None)
+    if not isinstance(size, (tuple, list)) or len(size) != 2:
+        return None
+    rows, cols = int(size[0]), int(size[1])
+    prefix = 0 if getattr(module, "no_embed_class", False) else tokens - rows * cols
+    return Grid((rows, cols), prefix) if prefix >= 0 and tokens == prefix + rows * cols else None
+
+
 def _initialise(t: torch.Tensor, how: str) -> None:
     from torch import nn
 
@@ -594,7 +759,9 @@ def execute(ckpt: Checkpoint, model: nn.Module, plan_: TransplantPlan) -> Output
                 records[k.key] = TensorRecord(storage, 0, rec.shape, rec.stride, rec.dtype)
                 continue
             value = reader.read(entry)
-            if k.status == "adapted":
+            if k.resample is not None:
+                value = apply_resample(value, k.resample)
+            elif k.status == "adapted":
                 assert plan_.in_chans is not None
                 value = adapt_input_conv(value, plan_.in_chans)
             records[k.key] = tensor_record(value.to(torch_dtype(k.dtype)))
@@ -614,11 +781,12 @@ def transplant(
     init: str = "default",
     seed: int = 0,
     keep_dtype: bool = False,
+    resize_patch: bool = False,
 ) -> tuple[TransplantPlan, Output]:
     """Plan and execute a transplant of ckpt's weights into a built architecture."""
     model = built.model
     try:
-        p = _plan_for(ckpt, built, maps, match, init, seed, keep_dtype)
+        p = _plan_for(ckpt, built, maps, match, init, seed, keep_dtype, resize_patch)
     except SurgeryError as exc:
         raise SurgeryError(f"{ckpt.path}: {exc.message}") from None
     p.notes = [*built.notes, *p.notes]
@@ -633,8 +801,10 @@ def _plan_for(
     init: str,
     seed: int,
     keep_dtype: bool,
+    resize_patch: bool,
 ) -> TransplantPlan:
     model = built.model
+    grids, patch_kernel = position_grids(model)
     return plan(
         source_metas(ckpt),
         target_metas(model),
@@ -647,4 +817,7 @@ def _plan_for(
         seed=seed,
         keep_dtype=keep_dtype,
         norms=norm_weights(model),
+        grids=grids,
+        patch_kernel=patch_kernel,
+        resize_patch=resize_patch,
     )
