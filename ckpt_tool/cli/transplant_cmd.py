@@ -24,7 +24,7 @@ from ckpt_tool.cli.common import (
 from ckpt_tool.cli.write import finish
 from ckpt_tool.edit import refuse_dangerous
 from ckpt_tool.errors import CheckFailed, WeightsNotFound
-from ckpt_tool.formats.writer import resolve_output
+from ckpt_tool.formats.writer import cache_note, resolve_output
 from ckpt_tool.surgery import transplant as tp
 
 from .archs_cmd import ArchArgOpt, InChansOpt, IntoOpt, NumClassesOpt
@@ -162,7 +162,7 @@ def transplant(
         "seed": seed,
         "keep_dtype": keep_dtype,
         **tp.report(plan),
-        "notes": plan.notes,
+        "notes": plan.notes + (cache_note(ckpt.path) if output is None else []),
     }
     pct = report["totals"]["coverage_pct"]
     ok = pct >= min_coverage

@@ -10,7 +10,7 @@ from ckpt_tool import render
 from ckpt_tool.checkpoint import Checkpoint
 from ckpt_tool.edit import Output, save
 from ckpt_tool.errors import OutputRefused
-from ckpt_tool.formats.writer import Sources, resolve_output
+from ckpt_tool.formats.writer import Sources, cache_note, resolve_output
 from ckpt_tool.hf_folder import is_folder_output
 
 
@@ -58,6 +58,8 @@ def finish(
         if dry_run and not force and not in_place and target.exists()
         else []
     )
+    if output is None and not in_place:
+        exists_note += cache_note(ckpt.path)
     report = {
         "command": command,
         "input": str(ckpt.path),

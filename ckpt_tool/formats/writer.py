@@ -83,6 +83,16 @@ def in_hf_cache(path: Path) -> bool:
     return any(p.startswith("models--") for p in parts) and "snapshots" in parts
 
 
+def cache_note(src: Path) -> list[str]:
+    """Why a derived output name is in the current folder, when it is."""
+    if not in_hf_cache(src):
+        return []
+    return [
+        f"{src} is inside a Hugging Face cache (never written into): the output goes to the "
+        "current folder; choose the place with -o"
+    ]
+
+
 def resolve_output(
     src: Path,
     output: Path | None,
