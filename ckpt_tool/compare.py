@@ -290,12 +290,15 @@ def parse_coef(text: str | None, n: int) -> list[float]:
     return coef
 
 
-def check_compatible(ckpts: list[Checkpoint]) -> None:
+def check_compatible(
+    ckpts: list[Checkpoint], keyed: list[dict[str, TensorEntry]] | None = None
+) -> None:
     """Same keys, shapes and dtypes in every input; otherwise an error naming the offenders."""
+    keyed = keyed or [c.tensors for c in ckpts]
     first = ckpts[0]
     problems: list[str] = []
-    for other in ckpts[1:]:
-        ka, kb = first.tensors, other.tensors
+    for other, kb in zip(ckpts[1:], keyed[1:], strict=True):
+        ka = keyed[0]
         missing = [k for k in ka if k not in kb]
         extra = [k for k in kb if k not in ka]
         if missing:
@@ -314,6 +317,20 @@ def check_compatible(ckpts: list[Checkpoint]) -> None:
             + "; ".join(problems)
             + " (average only checkpoints of one architecture)"
         )
+
+
+def aligned_keys(ckpts: list[Checkpoint]) -> tuple[list[dict[str, TensorEntry]], list[str]]:
+    """Each input's tensors under common names: when the files disagree on a wrapper prefix
+    (`module.` on some, none on others), the prefix every key of a file carries is removed."""
+    sides = [strip_side(c) for c in ckpts]
+    if len({s.prefix for s in sides}) == 1:
+        return [dict(c.tensors) for c in ckpts], []
+    notes = [
+        f"{s.ckpt.path.name}: removed the wrapper prefix {s.prefix!r} carried by every key"
+        for s in sides
+        if s.prefix
+    ]
+    return [s.entries for s in sides], notes
 
 
 def _few(keys: list[str], n: int = 5) -> str:
@@ -363,6 +380,7 @@ class Averaging:
     averaged: list[str]
     from_last: list[str]
     coef: list[float]
+    notes: list[str] = field(default_factory=list)
 
     def close(self) -> None:
         for r in self.readers:
@@ -384,13 +402,14 @@ def average(ckpts: list[Checkpoint], coef: list[float]) -> Averaging:
     """Plan the weighted average of ckpts (weights stream while the writer writes)."""
     if len(ckpts) < 2:
         raise UsageError("average needs at least two checkpoints")
-    check_compatible(ckpts)
+    keyed, notes = aligned_keys(ckpts)
+    check_compatible(ckpts, keyed)
     readers = [TensorReader(c) for c in ckpts]
     sources = writer.Sources(ckpts[0])
     root: OrderedDict[str, TensorRecord] = OrderedDict()
     averaged: list[str] = []
     from_last: list[str] = []
-    for key, entry in ckpts[0].tensors.items():
+    for key, entry in keyed[0].items():
         rec = entry.record
         storage = StorageRef(f"avg:{key}", rec.dtype, "cpu", rec.numel)
         root[key] = TensorRecord(
@@ -403,10 +422,10 @@ def average(ckpts: list[Checkpoint], coef: list[float]) -> Averaging:
             rec.is_parameter,
         )
         if _is_float(rec.dtype):
-            entries = [c.tensors[key] for c in ckpts]
+            entries = [k[key] for k in keyed]
             sources.add_stream(storage, _average_stream(readers, entries, coef, rec.dtype))
             averaged.append(key)
         else:
-            sources.add_stream(storage, _copy_stream(readers[-1], ckpts[-1].tensors[key]))
+            sources.add_stream(storage, _copy_stream(readers[-1], keyed[-1][key]))
             from_last.append(key)
-    return Averaging(root, sources, readers, averaged, from_last, coef)
+    return Averaging(root, sources, readers, averaged, from_last, coef, notes)

@@ -100,3 +100,28 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     code, r = run_json(["average", tmp_path / "a.pth", tmp_path / "b.pth", "--dry-run"])
     assert code == 0 and r["dry_run"] and not r["written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.pth"]
+
+
+def test_wrapper_prefix_removed_when_files_disagree(tmp_path: Path) -> None:
+    """A DataParallel save (`module.` on every key) averages with a bare one: the prefix is
+    removed, said in a note; files that all carry it keep it."""
+    src = torch.load(FROZEN, weights_only=True)
+    other = {k: (v * 3 if v.is_floating_point() else v) for k, v in src.items()}
+    wrapped, bare = tmp_path / "dp.pth", tmp_path / "bare.pth"
+    torch.save({f"module.{k}": v for k, v in src.items()}, wrapped)
+    torch.save(other, bare)
+    out = tmp_path / "avg.pth"
+    code, r = run_json(["average", wrapped, bare, "-o", out])
+    assert code == 0, r
+    assert any("dp.pth: removed the wrapper prefix 'module.'" in n for n in r["notes"])
+    got = torch.load(out, weights_only=True)
+    assert list(got) == list(src)
+    for k, v in src.items():
+        expected = (v.double() * 2).to(v.dtype) if v.is_floating_point() else other[k]
+        assert torch.equal(got[k], expected), k
+    both = tmp_path / "dp2.pth"
+    torch.save({f"module.{k}": v for k, v in other.items()}, both)
+    code, r = run_json(["average", wrapped, both, "-o", tmp_path / "avg2.pth"])
+    assert code == 0, r
+    assert not any("wrapper prefix" in n for n in r["notes"])
+    assert all(k.startswith("module.") for k in torch.load(tmp_path / "avg2.pth"))

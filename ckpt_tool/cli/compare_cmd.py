@@ -110,7 +110,8 @@ def average(
     norm = ", ".join(f"{c / sum(plan.coef):.4g}" for c in plan.coef)
     notes = [
         f"averaged {len(plan.averaged)} floating tensor(s) over {len(ckpts)} files in float64 "
-        f"(coefficients {norm}), written in their original dtypes"
+        f"(coefficients {norm}), written in their original dtypes",
+        *plan.notes,
     ]
     if plan.from_last:
         notes.append(
