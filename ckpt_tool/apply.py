@@ -230,8 +230,7 @@ def freeze_report(ckpt: Checkpoint, plan: FreezePlan) -> dict[str, Any]:
         notes.insert(
             0,
             "plain tensors: parameters told apart from buffers by name (running_mean, "
-            "num_batches_tracked, integer dtypes ... are buffers); the parameters are now "
-            "written as Parameters carrying requires_grad",
+            "num_batches_tracked, integer dtypes ... are buffers)",
         )
     return {
         "mode": plan.mode,

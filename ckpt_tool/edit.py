@@ -77,6 +77,13 @@ class Output:
     whole_container: bool = True  # False when only the weights are kept (extract)
     allow_drops: bool = False  # non-tensor entries may be left out (extract, --drop-extras)
     bn_eval: list[str] = field(default_factory=list)  # BatchNorm paths kept in eval mode
+    # notes true of one output format only ("pth", "safetensors"), added for the one written
+    format_notes: dict[str, list[str]] = field(default_factory=dict)
+
+    def notes_for(self, fmt: str, path: Path) -> list[str]:
+        """The notes for an output written as fmt at path ({path} in a note names it)."""
+        own = [n.replace("{path}", repr(str(path))) for n in self.format_notes.get(fmt, [])]
+        return [*self.notes, *own]
 
 
 def rebuild(
@@ -124,8 +131,8 @@ def rebuild(
             )
         elif ckpt.layout == "module":
             notes.append(
-                "whole pickled model written as a state_dict (its class code is not "
-                "needed to load it: model.load_state_dict(torch.load(...)))"
+                "whole pickled model written as a state_dict: its class code is not needed "
+                "to load it"
             )
         elif ckpt.layout == "training":
             dropped = (
@@ -138,6 +145,13 @@ def rebuild(
                 f"{', '.join(map(str, dropped))}"
             )
     out = Output(root, weights, key, notes, whole_container=not weights_only)
+    if ckpt.layout == "module" or (weights_only and ckpt.layout == "training"):
+        out.format_notes = {
+            "pth": ["load it with model.load_state_dict(torch.load({path}, weights_only=True))"],
+            "safetensors": [
+                "load it with model.load_state_dict(safetensors.torch.load_file({path}))"
+            ],
+        }
     if ckpt.bn_eval:  # follows the keys through renames, and into .pth from safetensors
         rename = metadata_fn or (lambda p: p)
         mark_bn_eval(out, [rename(p) for p in ckpt.bn_eval])
@@ -155,7 +169,9 @@ def mark_bn_eval(out: Output, paths: list[str]) -> None:
             out.root[out.weights_key] = container
         else:
             out.root = container
-        out.notes.append("weights written as an OrderedDict, to carry the BatchNorm eval marks")
+        out.format_notes.setdefault("pth", []).append(
+            "weights written as an OrderedDict, to carry the BatchNorm eval marks"
+        )
     container._metadata = with_bn_eval(getattr(container, "_metadata", None), paths)  # type: ignore[attr-defined]
     out.bn_eval = list(paths)
 
@@ -253,7 +269,7 @@ def save(
             weights_key=out.weights_key,
             keep_device=keep_device,
         )
-    result.notes = out.notes + result.notes
+    result.notes = out.notes_for(fmt, target) + result.notes
     return result
 
 

@@ -541,7 +541,7 @@ def assert_same_tree(a: Any, b: Any) -> None:
 
 def test_unknown_dtype_is_a_usage_error(tmp_path: Path) -> None:
     before = listing(tmp_path)
-    for bad in ("int8", "fp8", "xx"):
+    for bad in ("int8", "fp4", "xx"):
         res = run_cli(["cast", FIXTURES / "mlp.pth", "--dtype", bad, "-o", tmp_path / "o.pth"])
         assert res.exit_code == 2, bad
         assert "unknown dtype" in one_error_line(res)

@@ -999,7 +999,10 @@ def test_sigint_cleans_up(tmp_path: Path) -> None:
         if out.exists():
             assert list(tload(out, mmap=True)) == [k.removeprefix("module.") for k in big]
             out.unlink()
-        if proc.returncode == 130:
+        # never a traceback; at most the one line (a signal landing while the interpreter
+        # itself starts or exits can end it before our handler speaks)
+        assert "Traceback" not in err
+        if proc.returncode == 130 and err.strip():
             assert err.strip().splitlines() == ["error: interrupted; nothing was written"]
         assert sha256(src) == src_sha
 

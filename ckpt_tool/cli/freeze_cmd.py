@@ -15,7 +15,7 @@ from ckpt_tool.apply import (
     freeze_report,
     parameter_state,
 )
-from ckpt_tool.checkpoint import load
+from ckpt_tool.checkpoint import FROZEN_META_KEY, load
 from ckpt_tool.cli.common import (
     DryRunOpt,
     ForceOpt,
@@ -128,6 +128,15 @@ def freeze(
     )
     out = freeze_checkpoint(ckpt, plan)
     report = freeze_report(ckpt, plan)
+    out.format_notes.setdefault("pth", []).append(
+        "requires_grad is stored on each parameter (written as nn.Parameter); "
+        "ckpt_tool.apply_freeze(model, {path}) applies it to a live model"
+    )
+    out.format_notes.setdefault("safetensors", []).append(
+        f"safetensors tensors carry no requires_grad: the frozen names are stored in the "
+        f"header's __metadata__[{FROZEN_META_KEY!r}]; ckpt_tool.apply_freeze(model, {{path}}) "
+        "applies them"
+    )
     ckpt.bn_eval = plan.bn_eval_after  # safetensors output writes the checkpoint's marks
     finish(
         "freeze",

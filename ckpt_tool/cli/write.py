@@ -10,7 +10,7 @@ from ckpt_tool import render
 from ckpt_tool.checkpoint import Checkpoint
 from ckpt_tool.edit import Output, save
 from ckpt_tool.errors import OutputRefused
-from ckpt_tool.formats.writer import Sources, cache_note, resolve_output
+from ckpt_tool.formats.writer import Sources, cache_note, output_format, resolve_output
 from ckpt_tool.hf_folder import is_folder_output
 
 
@@ -68,7 +68,9 @@ def finish(
         "written": False,
         "weights_key": ckpt.weights_key,
         **report,
-        "notes": list(out.notes) + list(report.get("notes", [])) + exists_note,
+        "notes": out.notes_for(output_format(target), target)
+        + list(report.get("notes", []))
+        + exists_note,
     }
     if not dry_run:
         result = save(ckpt, out, target, verify=verify, sources=sources, keep_device=keep_device)
@@ -124,7 +126,8 @@ def _finish_folder(
         "written": False,
         "weights_key": ckpt.weights_key,
         **report,
-        "notes": list(out.notes) + list(report.get("notes", [])),
+        "notes": out.notes_for("safetensors", target / "model.safetensors")
+        + list(report.get("notes", [])),
     }
     if not dry_run:
         sources = sources or Sources(ckpt)
