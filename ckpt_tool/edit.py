@@ -184,6 +184,14 @@ def apply_plan(ckpt: Checkpoint, plan: RenamePlan, add_root: bool = False) -> Ou
     return rebuild(ckpt, renamed, plan.meta_fn, add_root)
 
 
+def training_state(out: Output) -> list[str]:
+    """Entries of the output's container beside its weights (what safetensors cannot hold):
+    judged on what will be written, so entries a command dropped do not count."""
+    if not out.whole_container or out.weights_key is None or not isinstance(out.root, dict):
+        return []
+    return [str(k) for k in out.root if k != out.weights_key]
+
+
 def non_tensor_entries(ckpt: Checkpoint) -> list[str]:
     """Entries of the weights mapping that hold no tensor (a dtype, a version number)."""
     return [str(k) for k, v in weight_items(ckpt) if as_record(v) is None and not tensors_in(v)]
@@ -234,11 +242,11 @@ def save(
     fmt = writer.output_format(target)
     sources = sources or writer.Sources(ckpt)
     if fmt == "safetensors":
-        if ckpt.layout == "training" and out.whole_container:
-            others = [str(k) for k in ckpt.root if k != ckpt.weights_key]
+        lost = training_state(out)
+        if lost:
             raise OutputRefused(
                 f"{target}: safetensors holds only tensors, so the training state "
-                f"({', '.join(others[:4])}) would be lost; write a .pth, or run "
+                f"({', '.join(lost[:4])}) would be lost; write a .pth, or run "
                 f"`ckpt extract {ckpt.path}` first"
             )
         others = non_tensor_entries(ckpt)

@@ -206,12 +206,20 @@ def extract(
     if keep:
         items, left_out = select_items(items, keep)
     meta_fn = None
+    strip_notes: list[str] = []
     if strip_prefix is not None:
-        plan = strip_plan([k for k, _ in items], strip_prefix, partial=False)
+        plan = strip_plan(
+            [k for k, _ in items],
+            strip_prefix,
+            partial=False,
+            partial_hint=f"keep only those with --keep '{strip_prefix}*'",
+        )
+        strip_notes = plan.notes
         mapping = dict(plan.pairs)
         items = [(mapping.get(k, k), v) for k, v in items]
         meta_fn = plan.meta_fn
     out = rebuild(ckpt, items, meta_fn, weights_only=True)
+    out.notes += strip_notes
     out.allow_drops = True  # extract keeps the tensors and lists what it drops
     if not out.weights:
         from ckpt_tool.errors import WeightsNotFound

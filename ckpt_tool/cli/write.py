@@ -107,14 +107,20 @@ def _finish_folder(
     late_report: Callable[[], dict[str, Any]] | None,
     max_shard: int | None,
 ) -> None:
-    from ckpt_tool.edit import non_tensor_entries, refuse_drops, safetensors_metadata
+    from ckpt_tool.edit import (
+        non_tensor_entries,
+        refuse_drops,
+        safetensors_metadata,
+        training_state,
+    )
     from ckpt_tool.formats.writer import storage_backed
     from ckpt_tool.hf_folder import write_hf_folder
 
-    if ckpt.layout == "training" and out.whole_container:
+    if training_state(out):
         raise OutputRefused(
-            f"{target}: a model folder holds only the weights; the training state would be "
-            f"lost: run `ckpt extract {ckpt.path}` first"
+            f"{target}: a model folder holds only the weights; the training state "
+            f"({', '.join(training_state(out)[:4])}) would be lost: run `ckpt extract "
+            f"{ckpt.path}` first"
         )
     if not out.allow_drops:
         refuse_drops(non_tensor_entries(ckpt), target, "a model folder")

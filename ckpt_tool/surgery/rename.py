@@ -61,10 +61,23 @@ def strip_plan(
     prefix: str | None = None,
     partial: bool = False,
     framework: str | None = None,
+    partial_hint: str = "pass --partial to strip only where present",
 ) -> RenamePlan:
-    """Remove `prefix` from every key, or by default every wrapper chain (module./_orig_mod.)."""
+    """Remove `prefix` from every key, or by default every wrapper chain (module./_orig_mod.).
+
+    A prefix given without its final dot (`backbone`) that every carrying key continues with
+    a dot is taken with it: a key starting with '.' loads into no module.
+    """
     if prefix == "":
         raise UsageError("--prefix must not be empty")
+    dotted_note: list[str] = []
+    if prefix is not None and not prefix.endswith("."):
+        hits = [k for k in keys if k.startswith(prefix)]
+        if hits and all(k[len(prefix) : len(prefix) + 1] == "." for k in hits):
+            dotted_note.append(
+                f"prefix {prefix!r} taken as {prefix + '.'!r} (each key goes on with a dot)"
+            )
+            prefix += "."
     if prefix is None:
         chains = {k: wrapper_chain(k) for k in keys}
         rule_of = {k: f"{c}* → *" for k, c in chains.items() if c}
@@ -86,11 +99,11 @@ def strip_plan(
     if bare and not partial:
         raise SurgeryError(
             f"{len(carrying)} of {len(keys)} keys start with {what} and {len(bare)} do not "
-            f"(with: {_examples(carrying)}; without: {_examples(bare)}); pass --partial to "
-            "strip only where present"
+            f"(with: {_examples(carrying)}; without: {_examples(bare)}); {partial_hint}"
         )
     pairs = [(k, k[len(chains[k]) :]) for k in keys]
     plan = RenamePlan(pairs, rules=rule_of)
+    plan.notes += dotted_note
     if bare:
         plan.notes.append(f"{len(bare)} keys without the prefix were left as they are")
     if prefix is None:
