@@ -140,6 +140,7 @@ def cast_weights(
     stats: dict[str, CastStats] = {}
     scales: dict[str, tuple[str, TensorRecord]] = {}
     by_view: dict[tuple[Any, ...], TensorRecord] = {}
+    scale_of: dict[tuple[Any, ...], TensorRecord] = {}
     for key, entry in ckpt.tensors.items():
         target = plan.targets[key]
         rec = entry.record
@@ -147,8 +148,10 @@ def cast_weights(
             records[key] = rec
             continue
         view = view_key(rec)
-        if view in by_view:
+        if view in by_view:  # a tied name: the same cast tensor, and its scale under its name
             records[key] = by_view[view]
+            if view in scale_of:
+                scales[f"{key}_scale"] = (key, scale_of[view])
             continue
         storage = StorageRef(f"cast:{key}", target, rec.device, rec.numel)
         new = TensorRecord(
@@ -172,7 +175,8 @@ def cast_weights(
             produce = cast_stream(_chunker(reader, entry), target, stats[key], key, strict, scale)
             sources.add_stream(storage, produce)
             if scale is not None:
-                scales[f"{key}_scale"] = (key, _scale_record(sources, scale, key))
+                scale_of[view] = _scale_record(sources, scale, key)
+                scales[f"{key}_scale"] = (key, scale_of[view])
         records[key] = by_view[view] = new
     return Casting(plan, records, stats, sources, reader, scales)
 

@@ -45,6 +45,7 @@ from ckpt_tool.edit import (
 )
 from ckpt_tool.errors import OutputRefused, SurgeryError, UsageError
 from ckpt_tool.formats import writer
+from ckpt_tool.formats.safe_pickle import view_key
 from ckpt_tool.hf_folder import is_folder_output
 from ckpt_tool.surgery.cast import FP8_MAX, parse_dtype, plan_cast
 
@@ -99,7 +100,11 @@ def _casting(
     target = parse_dtype(dtype)
     if fp8_scale and target not in FP8_MAX:
         raise UsageError(f"--fp8-scale needs an fp8 --dtype (fp8_e4m3fn or fp8_e5m2), not {dtype}")
-    plan = plan_cast(entries, target, keep or [], keep_norm)
+    views: dict[Any, list[str]] = {}
+    for k, e in ckpt.tensors.items():
+        views.setdefault(view_key(e.record), []).append(k)
+    ties = [keys for keys in views.values() if len(keys) > 1]
+    plan = plan_cast(entries, target, keep or [], keep_norm, ties=ties)
     return cast_weights(ckpt, plan, strict, fp8_scale)
 
 
@@ -117,6 +122,8 @@ def _refuse_no_change(ckpt: Checkpoint, casting: Casting) -> None:
 
 
 def _warn_overflow(report: dict[str, Any]) -> None:
+    for pattern in report.get("unused_keep_patterns", []):
+        render.warn(f"--keep {pattern!r} matched no tensor; nothing was kept by it")
     if report.get("saturated_total"):
         render.warn(
             f"{report['saturated_total']} values beyond the {report['dtype']} range saturated "
@@ -205,7 +212,10 @@ def convert(
         ),
     ],
     dtype: Annotated[
-        str | None, typer.Option("--dtype", "-t", help="Cast on the way: fp16, bf16, fp32.")
+        str | None,
+        typer.Option(
+            "--dtype", "-t", help="Cast on the way: fp16, bf16, fp32, fp8_e4m3fn, fp8_e5m2."
+        ),
     ] = None,
     keep: KeepOpt = None,
     keep_norm: KeepNormOpt = False,

@@ -45,7 +45,12 @@ FLOATING = frozenset({"float16", "bfloat16", "float32", "float64"})
 FP8_MAX = {"float8_e4m3fn": 448.0, "float8_e5m2": 57344.0}
 TARGETS = FLOATING | set(FP8_MAX)
 # Tensors fp8 leaves alone by default (as the fp8 recipes of the field do): embeddings.
-_EMBEDDING = re.compile(r"(^|\.)(embed\w*|wte|wpe|tok_embeddings|\w*_embeddings?)(\.|$)")
+# token and position embeddings by their names in the common zoos (HF, GPT-2, T5's shared,
+# timm/torchvision ViTs' pos_embed/cls_token, LLaMA's tok_embeddings)
+_EMBEDDING = re.compile(
+    r"(^|\.)(embed\w*|emb|\w+_emb|wte|wpe|tok_embeddings|\w*_embeddings?|shared|pos_embed\w*|"
+    r"pos_embedding|cls_token|dist_token|reg_token|mask_token)(\.|$)"
+)
 # Module names that are normalisation layers in the common model zoos (bn1, norm, ln_2, gn...).
 # bn1, gn, ln_2, norm, LayerNorm (BERT), input_layernorm / post_attention_layernorm (Llama),
 # final_layer_norm, norm_f, ln_f ...
@@ -101,9 +106,14 @@ def plan_cast(
     keep: Sequence[str] = (),
     keep_norm: bool = False,
     norms: set[str] | None = None,
+    ties: Sequence[Sequence[str]] = (),
 ) -> CastPlan:
     """Decide each tensor's dtype: floating tensors cast, integers and bools kept, and the
-    --keep / --keep-norm exceptions (norm layers held in fp32)."""
+    --keep / --keep-norm exceptions (norm layers held in fp32).
+
+    `ties` are groups of keys that are one tensor (tied embeddings and heads): a group gets
+    one dtype, kept as it is when any of its keys is kept, so the tie survives.
+    """
     if dtype not in TARGETS:
         raise UsageError(f"cannot cast to {dtype}: only floating dtypes are targets")
     fp8 = dtype in FP8_MAX
@@ -137,6 +147,15 @@ def plan_cast(
             targets[key], reasons[key] = None, f"already {dtype}"
         else:
             targets[key], reasons[key] = dtype, f"{current} -> {dtype}"
+    for group in ties:
+        keys = [k for k in group if k in targets]
+        if len({targets[k] for k in keys}) <= 1:
+            continue
+        rule = next((k for k in keys if targets[k] is None), keys[0])
+        for k in keys:
+            if k != rule:
+                targets[k] = targets[rule]
+                reasons[k] = f"tied to {rule} ({reasons[rule]})"
     return CastPlan(dtype, targets, reasons, [p for p, u in used.items() if not u])
 
 
@@ -192,12 +211,17 @@ def cast_stream(
         if scale is not None:
             scale.value = divisor = _fp8_scale(chunks, dtype)
         for x in chunks():
+            beyond = None
             if limit is not None:
                 x = x.float() if divisor is None else x.float() / divisor
-                stats.saturated += int((x.abs() > limit).sum())  # NaN compares False: kept
-                x = x.clamp(-limit, limit)
-            y = x.to(target)
-            _account(x, y, stats)
+                # NaN compares False: kept. Scaled, only ±inf lies beyond (amax maps to the
+                # largest value; a last-bit rounding over it is clamped, not counted)
+                beyond = x.abs() > limit if divisor is None else torch.isinf(x)
+                stats.saturated += int(beyond.sum())
+                y = x.clamp(-limit, limit).to(target)
+            else:
+                y = x.to(target)
+            _account(x, y, stats, beyond)
             yield y.view(torch.uint8).numpy().tobytes()
         problem = stats.overflow or stats.saturated
         if strict and problem:
@@ -219,6 +243,7 @@ class Fp8Scale:
 
 def _fp8_scale(chunks: Callable[[], Iterator[torch.Tensor]], dtype: str) -> float:
     """Per-tensor scaling: the largest finite magnitude maps to the format's largest value."""
+    import numpy as np
     import torch
 
     amax = 0.0
@@ -226,11 +251,13 @@ def _fp8_scale(chunks: Callable[[], Iterator[torch.Tensor]], dtype: str) -> floa
         finite = x.float()[torch.isfinite(x.float())]
         if finite.numel():
             amax = max(amax, float(finite.abs().max()))
-    return amax / FP8_MAX[dtype] if amax > 0 else 1.0
+    # a float32 value, so the division and the stored KEY_scale use the same number
+    return float(np.float32(amax / FP8_MAX[dtype])) if amax > 0 else 1.0
 
 
-def _account(x: Any, y: Any, stats: CastStats) -> None:
-    """Count overflow/underflow and accumulate the error, in float32 (float64 inputs stay)."""
+def _account(x: Any, y: Any, stats: CastStats, saturated: Any = None) -> None:
+    """Count overflow/underflow and accumulate the error, in float32 (float64 inputs stay);
+    saturated values (fp8) are left out of the error, as overflowing ones are."""
     import torch
 
     if not x.is_floating_point():
@@ -244,6 +271,8 @@ def _account(x: Any, y: Any, stats: CastStats) -> None:
     stats.overflow += int((finite_x & ~finite_y).sum())
     stats.underflow += int(((yw == 0) & (xw != 0)).sum())
     ok = finite_x & finite_y
+    if saturated is not None:
+        ok &= ~saturated
     diff = torch.where(ok, yw - xw, 0)
     ref = torch.where(ok, xw, 0)
     stats.err_sq += float(torch.dot(diff, diff))
