@@ -70,7 +70,7 @@ def write_hf_folder(
         "bytes": sum((target / f).stat().st_size for f in files),
         "shards": [str(target / r.path.name) for r in results] if index else [],
         "index": str(target / index.name) if index else None,
-        "copied": copied,
+        "copied_files": copied,
         "config_dtype": dtype,
         "files": files,
     }
@@ -100,9 +100,12 @@ def _config_dtype(source: Path, dest: Path, weights: dict[str, TensorRecord]) ->
     if not floating or not isinstance(config, dict):
         return None
     dtype = floating.most_common(1)[0][0]
-    for field in ("torch_dtype", "dtype"):
-        if field in config or field == "torch_dtype":
-            config[field] = dtype
+    # transformers 5 reads `dtype`, earlier releases `torch_dtype`: both say it
+    fields = ["torch_dtype", "dtype"] if "dtype" in config else ["torch_dtype"]
+    if all(config.get(f) == dtype for f in fields):
+        return None  # already says so: the copy stays byte for byte
+    for field in fields:
+        config[field] = dtype
     data = json.dumps(config, indent=2, sort_keys=True) + "\n"
     with contextlib.suppress(OSError):
         path.unlink()

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from typing import Any
 
 from rich.console import Console
@@ -434,6 +435,14 @@ def edit_report(r: dict[str, Any]) -> None:
 def cast_tables(c: dict[str, Any]) -> None:
     """Bytes per dtype before/after, and the largest relative error per module."""
     out.print(f"[bold]cast to {c['dtype']}[/]: {c['cast']} tensors cast, {c['kept']} kept")
+    reasons = Counter(
+        r["reason"] for r in c["tensors"] if r["from"] == r["to"] and "->" not in r["reason"]
+    )
+    if reasons:
+        shown = "; ".join(f"{n} × {safe(why)}" for why, n in reasons.most_common(4))
+        out.print(f"kept: {shown}" + (" ..." if len(reasons) > 4 else ""))
+    if c.get("scales"):
+        out.print(f"fp8 scales: {len(c['scales'])} float32 tensors (KEY_scale, after each weight)")
     table = Table(box=None, pad_edge=False)
     table.add_column("dtype")
     table.add_column("before", justify="right")

@@ -57,6 +57,51 @@ class Payload:  # what a hostile file reaches; pickled by name, never called her
 
 
 torch.save({**base, "evil": Payload()}, "evil.pth")
+
+# a detector-style checkpoint (backbone + head) and a training checkpoint to slim down
+torch.save({("head." if k.startswith("fc.") else "backbone.") + k: v for k, v in base.items()},
+           "detector.pth")
+model = ConvNet()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+sched = torch.optim.lr_scheduler.StepLR(opt, 10)
+model(torch.randn(2, 1, 28, 28)).sum().backward()
+opt.step()
+sched.step()
+torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+            "lr_scheduler": sched.state_dict(), "epoch": 3}, "train.ckpt")
+
+# a tiny Llama folder (from a config: no download) and a PEFT LoRA adapter for it
+import peft, timm, transformers
+torch.manual_seed(0)
+cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+llama = transformers.LlamaForCausalLM(cfg)
+
+
+def seeded(module, seed):  # values of our own, whatever the library's initialisation does
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+
+
+seeded(llama, 2)
+llama.save_pretrained("tiny-llama")
+with open("tiny-llama/tokenizer_config.json", "w") as f:
+    f.write('{"model_max_length": 64}\n')
+lora_cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+lora = peft.get_peft_model(llama, lora_cfg)
+gen = torch.Generator().manual_seed(3)
+with torch.no_grad():
+    for name, p in lora.named_parameters():
+        if "lora_" in name:
+            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+lora.save_pretrained("tiny-lora")
+
+# a two-block ViT trained at 224 pixels
+vit = timm.create_model("vit_tiny_patch16_224", depth=2)
+seeded(vit, 4)
+torch.save(vit.state_dict(), "vit224.pth")
 """
 
 

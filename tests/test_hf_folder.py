@@ -67,7 +67,7 @@ def test_convert_folder_to_folder_with_cast(tmp_path: Path) -> None:
     assert code == 0, report
     assert report["format"] == "hf-folder" and report["written"] and report["verified"]
     assert report["config_dtype"] == "bfloat16"
-    assert set(report["copied"]) == {"config.json", "generation_config.json", *EXTRA_FILES}
+    assert set(report["copied_files"]) == {"config.json", "generation_config.json", *EXTRA_FILES}
     assert sorted(p.name for p in out.iterdir()) == report["files"]
     for name, text in EXTRA_FILES.items():
         assert (out / name).read_text() == text

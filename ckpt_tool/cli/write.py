@@ -143,8 +143,10 @@ def _finish_folder(
             ckpt, records, sources, meta, target, max_shard=max_shard, force=force, verify=verify
         )
         report.update(written=True, verified=verify, **done)
-        if done["copied"]:
-            report["notes"].append(f"copied from the input folder: {', '.join(done['copied'])}")
+        if done["copied_files"]:
+            report["notes"].append(
+                f"copied from the input folder: {', '.join(done['copied_files'])}"
+            )
         if done["config_dtype"]:
             report["notes"].append(f"config.json torch_dtype set to {done['config_dtype']}")
     emit(report, late_report, json_out)
