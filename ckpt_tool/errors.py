@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -12,6 +14,7 @@ class CkptError(Exception):
     """A failure the user can act on; its message is one line naming the file or key and the fix."""
 
     exit_code = EXIT_ERROR
+    report: Any = None  # what the command found before failing (e.g. transplant's coverage)
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))

@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from .inspect import ModuleNode
+from .inspection import ModuleNode
+from .output.report import WriteReport
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -386,8 +387,8 @@ def merge_table(r: dict[str, Any]) -> None:
         )
 
 
-def edit_report(r: dict[str, Any]) -> None:
-    """Before/after table of the keys a write command changed, grouped, then where it wrote."""
+def _rename_lines(r: dict[str, Any]) -> None:
+    """The renames a key-surgery command made, grouped by rule."""
     groups = r.get("groups") or []
     if groups:
         out.print(f"[bold]{r['command']}: keys changed[/]")
@@ -403,32 +404,49 @@ def edit_report(r: dict[str, Any]) -> None:
         out.print(table)
     if "changed" in r:
         out.print(f"{r['changed']} of {r['total_keys']} keys renamed, {r['unchanged']} unchanged")
-    if r.get("command") == "extract":
+
+
+def _extract_line(r: dict[str, Any]) -> None:
+    out.print(
+        f"{r['tensors']} tensors extracted from a {r['layout']} checkpoint"
+        + (f"; dropped: {safe(', '.join(r['dropped']))}" if r["dropped"] else "")
+    )
+
+
+def edit_report(report: WriteReport) -> None:
+    """What a write command did, then its notes and where it wrote (or would write)."""
+    r = {"command": report.command, **report.details}
+    # what each command shows above the common tail (notes, where it wrote)
+    bodies: dict[str, Any] = {
+        "strip-module": _rename_lines,
+        "add-module": _rename_lines,
+        "rename": _rename_lines,
+        "extract": _extract_line,
+        "freeze": freeze_tables,
+        "merge-lora": merge_table,
+        "transplant": lambda d: transplant_report(d, report.input),
+    }
+    body = bodies.get(report.command)
+    if body is not None:
+        body(r)
+    if report.cast is not None:
+        cast_tables(report.cast)
+    shards = report.shards
+    if shards:
         out.print(
-            f"{r['tensors']} tensors extracted from a {r['layout']} checkpoint"
-            + (f"; dropped: {safe(', '.join(r['dropped']))}" if r["dropped"] else "")
+            f"{len(shards)} shard(s): "
+            + ", ".join(safe(x) for x in shards[:4])
+            + (" ..." if len(shards) > 4 else "")
         )
-    if r.get("command") == "freeze":
-        freeze_tables(r)
-    if "cast_report" in r:
-        cast_tables(r["cast_report"])
-    if "targets" in r:
-        merge_table(r)
-    if r.get("shards"):
-        out.print(
-            f"{len(r['shards'])} shard(s): "
-            + ", ".join(safe(x) for x in r["shards"][:4])
-            + (" ..." if len(r["shards"]) > 4 else "")
-        )
-    for note in r.get("notes", []):
+    for note in report.notes:
         out.print(f"[yellow]note:[/] {safe(note)}")
-    if r["dry_run"]:
-        out.print(f"dry run: would write [bold]{safe(r['output'])}[/]; nothing written")
+    if report.dry_run:
+        out.print(f"dry run: would write [bold]{safe(report.output)}[/]; nothing written")
     else:
-        check = "verified" if r.get("verified") else "[yellow]not verified (--no-verify)[/]"
+        check = "verified" if report.verified else "[yellow]not verified (--no-verify)[/]"
         out.print(
-            f"wrote [bold]{safe(r['output'])}[/] ({r['format']}, "
-            f"{human_bytes(r['bytes'])}, {check})"
+            f"wrote [bold]{safe(report.output)}[/] ({report.format}, "
+            f"{human_bytes(report.bytes or 0)}, {check})"
         )
 
 
@@ -964,3 +982,14 @@ def demo_summary(rows: list[dict[str, Any]], workdir: str) -> None:
         table.add_row(safe(r["step"]), safe(r["command"]), verdict)
     out.print(table)
     out.print(f"files are in {safe(workdir)}")
+
+
+def read_report(command: str, data: dict[str, Any]) -> None:
+    """The tables of a read command's report (count, diff, smoke-train, archs)."""
+    renderers: dict[str, Any] = {
+        "count": count_report,
+        "diff": diff_report,
+        "smoke-train": smoke_train_report,
+        "archs": lambda d: arch_list(d, None),
+    }
+    renderers[command](data)

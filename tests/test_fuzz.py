@@ -151,7 +151,7 @@ def _check_read(path: Path, size: int) -> bool:
     """True for a consistent read, False for a CkptError; anything else propagates."""
     from ckpt_tool import load
     from ckpt_tool.errors import CkptError
-    from ckpt_tool.inspect import inspect_report
+    from ckpt_tool.inspection import inspect_report
 
     try:
         ckpt = load(path)
@@ -191,7 +191,7 @@ def _fuzz_reader(reader: str, source: Path, folder: Path, max_examples: int) -> 
 
     from ckpt_tool import load
     from ckpt_tool.errors import CkptError
-    from ckpt_tool.scan import scan_paths
+    from ckpt_tool.scanning import scan_paths
 
     original = source.read_bytes()
     inner = reader.endswith("data-pkl")

@@ -23,7 +23,7 @@ from torch import nn
 
 import ckpt_tool
 from ckpt_tool.errors import UnreadableCheckpoint, WeightsNotFound
-from ckpt_tool.inspect import shared_groups, view_groups
+from ckpt_tool.inspection import shared_groups, view_groups
 from ckpt_tool.seed_models import ConvNet
 from ckpt_tool.surgery.prefixes import detect_prefix
 from ckpt_tool.tensors import TensorReader
@@ -629,7 +629,7 @@ def test_deep_nesting(tmp_path: Path, depth: int, shape: str, container: str) ->
         return
     assert ckpt.tensors == {}
     assert ckpt.layout == "other"
-    from ckpt_tool.inspect import inspect_report
+    from ckpt_tool.inspection import inspect_report
 
     json.dumps(inspect_report(ckpt), default=str)
 

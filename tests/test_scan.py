@@ -23,7 +23,7 @@ import torch
 from typer.testing import CliRunner
 
 from ckpt_tool.formats.pickle_rules import Use, judge
-from ckpt_tool.scan import scan_paths
+from ckpt_tool.scanning import scan_paths
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"

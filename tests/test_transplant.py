@@ -24,7 +24,8 @@ from torch import nn
 from ckpt_tool.checkpoint import load
 from ckpt_tool.errors import SurgeryError
 from ckpt_tool.seed_models import ConvNet, SigmoidNet, mlp
-from ckpt_tool.surgery.transplant import Meta, adapt_input_conv, group_rows, plan
+from ckpt_tool.surgery.transplant import Meta, group_rows, plan
+from ckpt_tool.transplanting import adapt_input_conv
 from ckpt_tool.tensors import TensorReader
 
 REPORT_KEYS = {

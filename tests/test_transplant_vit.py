@@ -16,7 +16,8 @@ from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
-from ckpt_tool.surgery.transplant import Grid, Meta, plan, position_grids
+from ckpt_tool.surgery.transplant import Grid, Meta, plan
+from ckpt_tool.transplanting import position_grids
 
 SMALL = {"depth": 2, "embed_dim": 48, "num_heads": 2}  # vit_tiny's layout, two blocks
 

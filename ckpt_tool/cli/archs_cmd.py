@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import render
-from ckpt_tool.archs import available
+from ckpt_tool import api, render
 
 from .common import JsonOpt, boundary
 
@@ -21,6 +20,15 @@ IntoOpt = Annotated[
         "torchvision/timm name (resnet34, timm/resnet34), pkg.module:factory or "
         "file.py:Class; see `ckpt archs`.",
         show_default=False,
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        metavar="ARCH",
+        help="Count a model built from the registry (resnet34, timm/..., convnet); with "
+        "CKPT, after applying the file's freeze state to it.",
     ),
 ]
 ArchArgOpt = Annotated[
@@ -60,8 +68,8 @@ def archs(
 
     Example: ckpt archs --filter 'resnet*'
     """
-    data = available(filter)
+    report = api.archs(filter)
     if json_out:
-        render.print_json(data)
+        render.print_json(report.to_json())
     else:
-        render.arch_list(data, filter)
+        render.arch_list(report.data, filter)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -19,33 +20,60 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def boundary(func: F) -> F:
-    """Turn library errors into one stderr line and their exit code; unknown errors are bugs."""
+    """Turn library errors into one stderr line and their exit code (with --json, a JSON
+    document on stdout too); unknown errors are bugs."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        json_out = bool(kwargs.get("json_out"))
         try:
             return func(*args, **kwargs)
         except CkptError as exc:
             if os.environ.get("CKPT_DEBUG") == "1":
                 traceback.print_exc()
-            render.error(exc.message)
-            raise typer.Exit(exc.exit_code) from None
+            fail(exc.message, exc.exit_code, json_out, exc.report)
         except KeyboardInterrupt:
-            render.error("interrupted; nothing was written")
-            raise typer.Exit(130) from None
+            fail("interrupted; nothing was written", 130, json_out)
         except typer.Exit:
             raise
         except Exception as exc:
             if os.environ.get("CKPT_DEBUG") == "1":
                 traceback.print_exc()
             first = str(exc).splitlines()[0] if str(exc) else ""
-            render.error(
+            fail(
                 f"internal error {type(exc).__name__}: {first} "
-                "(a bug in ckpt: rerun with CKPT_DEBUG=1 and report the traceback)"
+                "(a bug in ckpt: rerun with CKPT_DEBUG=1 and report the traceback)",
+                EXIT_ERROR,
+                json_out,
             )
-            raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int, json_out: bool, report: Any = None) -> NoReturn:
+    """The error line on stderr (and with --json the error document on stdout), then exit.
+    A report found before the failure (transplant's coverage) is shown first."""
+    if json_out:
+        doc = report.to_json() if report is not None else {}
+        render.print_json({**doc, "error": message, "exit_code": code})
+    elif report is not None:
+        show_report(report, json_out=False)
+    render.error(message)
+    raise typer.Exit(code)
+
+
+def show_report(report: Any, json_out: bool) -> None:
+    """A command's report: warnings on stderr, then JSON or tables on stdout."""
+    from ckpt_tool.output import WriteReport
+
+    for warning in report.warnings:
+        render.warn(warning)
+    if json_out:
+        render.print_json(report.to_json())
+    elif isinstance(report, WriteReport):
+        render.edit_report(report)
+    else:
+        render.read_report(report.command, report.data)
 
 
 InputArg = Annotated[
@@ -109,3 +137,55 @@ KeepDeviceOpt = Annotated[
 NoVerifyOpt = Annotated[
     bool, typer.Option("--no-verify", help="Skip reading the output back to verify it.")
 ]
+
+
+# The options every write command shares, added to its signature by `write_command`.
+_WRITE_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("output", OutputOpt, None),
+    ("force", ForceOpt, False),
+    ("in_place", InPlaceOpt, False),
+    ("dry_run", DryRunOpt, False),
+    ("no_verify", NoVerifyOpt, False),
+    ("weights", WeightsOpt, None),
+    ("keep_device", KeepDeviceOpt, False),
+    ("json_out", JsonOpt, False),
+]
+
+
+def write_command(in_place: bool = True) -> Callable[[F], F]:
+    """Give a write command the shared options (-o, --force, --in-place, --dry-run,
+    --no-verify, --weights, --keep-device, --json).
+
+    The command declares `write: WriteArgs`, `weights` and `json_out` as keyword-only
+    parameters; Typer sees the options in their place, and the command receives `write`
+    ready to pass to the library function (`api.strip_module(path, **write)`).
+    """
+
+    def decorate(func: F) -> F:
+        own = [
+            p
+            for p in inspect.signature(func, eval_str=True).parameters.values()
+            if p.name not in ("write", "weights", "json_out")
+        ]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a)
+            for name, a, d in _WRITE_OPTIONS
+            if in_place or name != "in_place"
+        ]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            write = {
+                "output": kwargs.pop("output", None),
+                "force": kwargs.pop("force", False),
+                "in_place": kwargs.pop("in_place", False),
+                "dry_run": kwargs.pop("dry_run", False),
+                "verify": not kwargs.pop("no_verify", False),
+                "keep_device": kwargs.pop("keep_device", False),
+            }
+            return func(*args, write=write, **kwargs)
+
+        wrapper.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

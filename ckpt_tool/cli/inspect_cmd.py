@@ -6,10 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import render
-from ckpt_tool.checkpoint import load
+from ckpt_tool import api, render
 from ckpt_tool.errors import UsageError
-from ckpt_tool.inspect import build_tree, inspect_report, select, tensor_stats
 
 from .common import InputArg, JsonOpt, WeightsOpt, boundary, exit_if_dangerous
 
@@ -52,31 +50,28 @@ def inspect(
     Example: ckpt inspect model.pth --depth 2
     """
     levels = _parse_depth(depth)
-    ckpt = load(path, weights=weights)
-    report = inspect_report(ckpt, filter)
-    entries = select(ckpt.tensors, filter)
-    values = tensor_stats(ckpt, entries) if stats and not ckpt.dangerous else None
-    if values is not None:
-        for t in report["tensors"]:
-            t["stats"] = values.get(t["key"])
+    result = api.inspect(path, filter=filter, stats=stats, weights=weights)
+    report = result.data
     if json_out:
         render.print_json(report)
-        exit_if_dangerous(ckpt.dangerous, path)
+        exit_if_dangerous(result.dangerous, path)
         return
     render.inspect_header(report)
-    if filter is not None and not entries:
-        render.warn(f"no key matches {filter!r}")
+    for warning in result.warnings:
+        render.warn(warning)
+    if filter is not None and not result.entries:
+        pass
     elif keys:
-        render.show(render.keys_table(entries, values))
+        render.show(render.keys_table(result.entries, result.stats))
     else:
-        tree = build_tree(entries, ckpt.modules)
+        tree = result.tree()
         shown = render.auto_depth(tree) if levels == AUTO else levels
-        render.show(render.module_tree(tree, shown, values))
+        render.show(render.module_tree(tree, shown, result.stats))
         if levels == AUTO and shown is not None:
             render.out.print(f"[dim](tree cut at depth {shown}: --depth all shows every level)[/]")
     if filter is None:
         render.share_bars(report["top_level"])
-    exit_if_dangerous(ckpt.dangerous, path)
+    exit_if_dangerous(result.dangerous, path)
 
 
 AUTO = -1

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import render
-from ckpt_tool.scan import scan_paths
+from ckpt_tool import api, render
 
 from .common import JsonOpt, boundary
 
@@ -48,7 +47,7 @@ def scan(
     files two readers could read differently). Exit 0: safe or needs code; 3: dangerous (and
     needs code with --strict); 1: unreadable or damaged. Example: ckpt scan downloads/ --json
     """
-    report = scan_paths(paths, strict=strict, check_crc=crc).as_dict()
+    report = api.scan(paths, strict=strict, crc=crc).as_dict()
     if json_out:
         render.print_json(report)
     else:

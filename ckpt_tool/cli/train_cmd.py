@@ -7,11 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import render
-from ckpt_tool.archs import parse_arch_args
-from ckpt_tool.cli.common import InputArg, JsonOpt, WeightsOpt, boundary
+from ckpt_tool import api
+from ckpt_tool.cli.common import InputArg, JsonOpt, WeightsOpt, boundary, show_report
 from ckpt_tool.errors import CheckFailed
-from ckpt_tool.train import SmokeConfig, parse_input_shape, smoke_train
 
 from .archs_cmd import ArchArgOpt, InChansOpt, IntoOpt, NumClassesOpt
 
@@ -106,34 +104,18 @@ def smoke_train_cmd(
 
     Example: ckpt smoke-train model.pth --arch resnet34 --num-classes 4 --input-shape 3,64,64
     """
-    cfg = SmokeConfig(
-        path=str(path),
-        arch=arch,
-        arch_args=parse_arch_args(arch_arg or []),
-        num_classes=num_classes,
-        in_chans=in_chans,
-        weights=weights,
-        input_shape=parse_input_shape(input_shape) if input_shape else None,
-        task=task.value,
-        batch_size=batch_size,
-        steps=steps,
-        lr=lr,
-        optimizer=optimizer.value,
-        seed=seed,
-        lr_for=list(lr_for or []),
-        scheduler=scheduler.value if scheduler else None,
-        step_size=step_size,
-        gamma=gamma,
-        amp=amp.value if amp else None,
-        nproc=nproc,
-    )
-    report = smoke_train(cfg)
-    if json_out:
-        render.print_json(report)
-    else:
-        render.smoke_train_report(report)
-    if not report["ok"]:
-        raise CheckFailed(
-            f"{report['input']}: smoke-train failed {', '.join(report['failed'])} "
+    result = api.smoke_train(
+        path, arch, arch_args=arch_arg or [], num_classes=num_classes, in_chans=in_chans,
+        input_shape=input_shape, task=task.value, batch_size=batch_size, steps=steps, lr=lr,
+        optimizer=optimizer.value, lr_for=lr_for or [], seed=seed,
+        scheduler=scheduler.value if scheduler else None, step_size=step_size, gamma=gamma,
+        amp=amp.value if amp else None, nproc=nproc, weights=weights,
+    )  # fmt: skip
+    if result.exit_code:
+        error = CheckFailed(
+            f"{result.data['input']}: smoke-train failed {', '.join(result.data['failed'])} "
             "(see the report above)"
         )
+        error.report = result
+        raise error
+    show_report(result, json_out)

@@ -3,34 +3,15 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from ckpt_tool import render
-from ckpt_tool.archs import construct, parse_arch_args
-from ckpt_tool.checkpoint import load
-from ckpt_tool.cli.common import (
-    DryRunOpt,
-    ForceOpt,
-    InputArg,
-    JsonOpt,
-    KeepDeviceOpt,
-    NoVerifyOpt,
-    OutputOpt,
-    WeightsOpt,
-    boundary,
-)
-from ckpt_tool.cli.write import finish
-from ckpt_tool.edit import refuse_dangerous
-from ckpt_tool.errors import CheckFailed, WeightsNotFound
-from ckpt_tool.formats.writer import cache_note, resolve_output
-from ckpt_tool.surgery import transplant as tp
+from ckpt_tool import api
+from ckpt_tool.api import DEFAULT_MIN_COVERAGE, WriteArgs
+from ckpt_tool.cli.common import InputArg, boundary, show_report, write_command
 
 from .archs_cmd import ArchArgOpt, InChansOpt, IntoOpt, NumClassesOpt
-
-WARN_UNDER_PCT = 50.0
-DEFAULT_MIN_COVERAGE = 1.0  # copying nothing is a failure; a head swap copies far more
 
 
 class Match(str, Enum):
@@ -47,6 +28,7 @@ class Init(str, Enum):
 
 
 @boundary
+@write_command(in_place=False)
 def transplant(
     path: InputArg,
     into: IntoOpt,
@@ -109,13 +91,10 @@ def transplant(
             "warning under 50 %; 0 turns the check off).",
         ),
     ] = DEFAULT_MIN_COVERAGE,
-    output: OutputOpt = None,
-    force: ForceOpt = False,
-    dry_run: DryRunOpt = False,
-    no_verify: NoVerifyOpt = False,
-    weights: WeightsOpt = None,
-    keep_device: KeepDeviceOpt = False,
-    json_out: JsonOpt = False,
+    *,
+    write: WriteArgs,
+    weights: str | None,
+    json_out: bool,
 ) -> None:
     """Copy pretrained weights into a new architecture; report every key's fate.
 
@@ -125,81 +104,9 @@ def transplant(
 
     Example: ckpt transplant vit224.pth --into timm/vit_small_patch16_224 --arch-arg img_size=384
     """
-    ckpt = load(path, weights=weights)
-    refuse_dangerous(ckpt)
-    if not ckpt.tensors:
-        raise WeightsNotFound(
-            f"{ckpt.path}: no tensors to transplant (layout {ckpt.layout}); pass a checkpoint "
-            "that holds weights, or choose them with --weights"
-        )
-    built = construct(into, parse_arch_args(arch_arg or []), num_classes, in_chans, seed)
-    ext = ".safetensors" if "safetensors" in ckpt.format else ".pth"
-    target = resolve_output(
-        ckpt.path, output, tag=built.spec.tag, force=force, in_place=False, ext=ext
-    )
-    plan, out = tp.transplant(
-        ckpt,
-        built,
-        maps=maps or [],
-        match=match.value,
-        init=init.value,
-        seed=seed,
-        keep_dtype=keep_dtype,
-        resize_patch=resize_patch,
-    )
-    ckpt.bn_eval = []  # the source's BatchNorm freeze state names its modules, not the target's
-    report: dict[str, Any] = {
-        "arch": {
-            "name": into,
-            "label": built.spec.label,
-            "source": built.spec.source,
-            "kwargs": built.kwargs,
-            "input_conv_rebuilt": built.input_conv,
-        },
-        "match": match.value,
-        "maps": maps or [],
-        "init": init.value,
-        "seed": seed,
-        "keep_dtype": keep_dtype,
-        **tp.report(plan),
-        "notes": plan.notes + (cache_note(ckpt.path) if output is None else []),
-    }
-    pct = report["totals"]["coverage_pct"]
-    ok = pct >= min_coverage
-    report["coverage"] = {"pct": pct, "min": min_coverage, "ok": ok}
-    if not ok:
-        if json_out:
-            render.print_json(
-                {"command": "transplant", "input": str(ckpt.path), "output": str(target),
-                 "dry_run": dry_run, "written": False, "weights_key": ckpt.weights_key,
-                 **report}
-            )  # fmt: skip
-        else:
-            render.transplant_report(report, str(ckpt.path))
-        raise CheckFailed(
-            f"{ckpt.path}: only {pct:.1f}% of {built.spec.label}'s parameters were copied, under "
-            f"--min-coverage {min_coverage:g}; nothing written (check the architecture, "
-            "--map or --match suffix)"
-        )
-    if pct < WARN_UNDER_PCT:
-        render.warn(
-            f"only {pct:.1f}% of {built.spec.label}'s parameters were copied from {ckpt.path}; "
-            "the rest keeps its initialisation (check the architecture, --map, --match suffix; "
-            f"--min-coverage {WARN_UNDER_PCT:g} makes this an error)"
-        )
-    if not json_out:
-        render.transplant_report(report, str(ckpt.path))
-    finish(
-        "transplant",
-        ckpt,
-        out,
-        report,
-        output=target,
-        tag=built.spec.tag,
-        force=force,
-        in_place=False,
-        dry_run=dry_run,
-        verify=not no_verify,
-        keep_device=keep_device,
-        json_out=json_out,
-    )
+    report = api.transplant(
+        path, into, arch_args=arch_arg or [], num_classes=num_classes, in_chans=in_chans,
+        maps=maps or [], match=match.value, init=init.value, seed=seed, keep_dtype=keep_dtype,
+        resize_patch=resize_patch, min_coverage=min_coverage, weights=weights, **write,
+    )  # fmt: skip
+    show_report(report, json_out)

@@ -11,19 +11,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import Checkpoint
-from .errors import OutputRefused, WriteFailed
-from .formats import writer
-from .formats.safe_pickle import TensorRecord
+from ckpt_tool.checkpoint import Checkpoint
+from ckpt_tool.errors import OutputRefused, WriteFailed
+from ckpt_tool.formats import writer
+from ckpt_tool.formats.safe_pickle import TensorRecord
+
+from .shards import write_sharded
 
 # Files of a model folder that hold weights: replaced by what is written, never copied.
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 WEIGHTS_NAME = "model.safetensors"
-
-
-def is_folder_output(path: Path | None) -> bool:
-    """`-o DIR`: a path without a file extension, or an existing folder."""
-    return path is not None and (path.is_dir() or path.suffix == "")
 
 
 def write_hf_folder(
@@ -39,8 +36,6 @@ def write_hf_folder(
 ) -> dict[str, Any]:
     """A complete model folder at target: the weights (shards and an index past max_shard),
     config.json with its dtype fields updated, every other file of the input folder copied."""
-    from .convert import write_sharded
-
     if target.exists() and any(target.iterdir()) and not force:
         raise OutputRefused(f"{target}: exists and is not empty; pass --force to replace it")
     if target.exists() and not target.is_dir():
