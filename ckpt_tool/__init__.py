@@ -1,15 +1,41 @@
-"""ckpt: inspect and repair PyTorch checkpoints safely."""
+"""ckpt: inspect and repair PyTorch checkpoints safely.
+
+One function per command (`ckpt_tool.strip_module(path, output=...)`, `convert`, `cast`,
+`freeze`, `transplant`, `scan`, ...), each returning its typed report and raising the
+CkptError family; `load` and `TensorReader` for reading.
+"""
 
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .api import (
+        InspectReport,
+        add_module,
+        average,
+        cast,
+        convert,
+        count,
+        diff,
+        drop,
+        extract,
+        freeze,
+        inspect,
+        merge_lora,
+        rename,
+        scan,
+        smoke_train,
+        strip_module,
+        transplant,
+    )
     from .apply import apply_freeze
     from .checkpoint import Checkpoint, TensorEntry, load
     from .errors import CkptError
+    from .output import Report, WriteReport
+    from .scanning import ScanReport
+    from .tensors import TensorReader
 
 __version__ = "0.1.0"
-__all__ = ["Checkpoint", "CkptError", "TensorEntry", "__version__", "apply_freeze", "load"]
 
 # Imported on first use, so `import ckpt_tool` (and the `ckpt` entry point) costs nothing
 # until a name is needed, and `import ckpt_tool` stays free of torch.
@@ -19,11 +45,40 @@ _LAZY = {
     "load": ".checkpoint",
     "CkptError": ".errors",
     "apply_freeze": ".apply",
+    "TensorReader": ".tensors",
+    "Report": ".output",
+    "WriteReport": ".output",
+    "ScanReport": ".scanning",
+    "InspectReport": ".api",
+    **dict.fromkeys(
+        [
+            "add_module",
+            "average",
+            "cast",
+            "convert",
+            "count",
+            "diff",
+            "drop",
+            "extract",
+            "freeze",
+            "inspect",
+            "merge_lora",
+            "rename",
+            "scan",
+            "smoke_train",
+            "strip_module",
+            "transplant",
+        ],
+        ".api",
+    ),
 }
+__all__ = sorted([*_LAZY, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ckpt_tool' has no attribute {name!r}")
-    return getattr(import_module(module, __name__), name)
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value

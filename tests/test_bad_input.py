@@ -32,9 +32,18 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def _check_one_line_error(stdout: str, stderr: str, path: Path, expected: str | None) -> None:
+def _check_one_line_error(
+    stdout: str, stderr: str, path: Path, expected: str | None, json_out: bool, code: int = 1
+) -> None:
+    """One stderr line naming the file; stdout empty, or with --json exactly one JSON
+    document holding the same message and the exit code."""
     assert "Traceback" not in stdout + stderr, stderr
-    assert stdout == "", f"stdout should be empty, got {stdout!r}"
+    if json_out:
+        doc = json.loads(stdout)  # one document: json.loads refuses anything after it
+        assert doc["exit_code"] == code
+        assert f"error: {doc['error']}" == stderr.strip()
+    else:
+        assert stdout == "", f"stdout should be empty, got {stdout!r}"
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, f"want exactly one stderr line, got {stderr!r}"
     assert path.name in lines[0], f"{path.name!r} not named in {lines[0]!r}"
@@ -59,7 +68,9 @@ def test_inspect_bad_input(tmp_path, build, expected, flags):
     if exc is not None and not isinstance(exc, SystemExit):
         raise AssertionError(f"command crashed with {exc!r}") from exc
     assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
-    _check_one_line_error(result.stdout, result.stderr, path, expected)
+    _check_one_line_error(
+        result.stdout, result.stderr, path, expected, json_out=bool(flags)
+    )
     assert _digest(path) == before
 
 
@@ -90,7 +101,7 @@ def test_inspect_bad_input_real_process(tmp_path, build):
         timeout=120,
     )
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
-    _check_one_line_error(proc.stdout, proc.stderr, path, expected)
+    _check_one_line_error(proc.stdout, proc.stderr, path, expected, json_out=True)
 
 
 def test_control_safetensors_is_readable(tmp_path):

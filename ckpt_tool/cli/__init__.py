@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from ckpt_tool import __version__
+try:  # the exception types of command-line mistakes: typer vendors click since 0.2x
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as click_errors  # type: ignore[no-redef]  # noqa: TID251
+
+from ckpt_tool import __version__, render
 
 from .archs_cmd import archs
 from .compare_cmd import average, diff
@@ -20,8 +28,46 @@ from .surgery_cmd import add_module, drop, extract, rename, strip_module
 from .train_cmd import smoke_train_cmd
 from .transplant_cmd import transplant
 
+
+class CkptGroup(TyperGroup):
+    """The `ckpt` group: a command-line mistake is one stderr line (and a JSON document on
+    stdout with --json), not a usage box; exit code 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(args) if args is not None else sys.argv[1:]
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except click_errors.NoArgsIsHelpError as exc:
+            sys.stderr.write(exc.format_message() + "\n")
+            code = exc.exit_code
+        except click_errors.ClickException as exc:
+            code = exc.exit_code
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "ckpt"
+            said = " ".join(exc.format_message().split())
+            line = f"{where}: {said} (`{where} --help` lists the options)"
+            if "--json" in argv:
+                render.print_json({"error": line, "exit_code": code})
+            render.error(line)
+        except typer.Abort:
+            render.error("aborted; nothing was written")
+            code = 1
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
     name="ckpt",
+    cls=CkptGroup,
     help="Inspect and repair PyTorch checkpoints safely: nothing in a checkpoint runs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -69,8 +115,6 @@ app.command("smoke-train", rich_help_panel="Check")(smoke_train_cmd)
 
 
 def main() -> None:
-    import sys
-
     if len(sys.argv) == 1:  # bare `ckpt`: the grouped command list, and success
         sys.argv.append("--help")
     app()
