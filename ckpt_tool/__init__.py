@@ -72,7 +72,35 @@ _LAZY = {
         ".api",
     ),
 }
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "Checkpoint",
+    "CkptError",
+    "InspectReport",
+    "Report",
+    "ScanReport",
+    "TensorEntry",
+    "TensorReader",
+    "WriteReport",
+    "__version__",
+    "add_module",
+    "apply_freeze",
+    "average",
+    "cast",
+    "convert",
+    "count",
+    "diff",
+    "drop",
+    "extract",
+    "freeze",
+    "inspect",
+    "load",
+    "merge_lora",
+    "rename",
+    "scan",
+    "smoke_train",
+    "strip_module",
+    "transplant",
+]
 
 
 def __getattr__(name: str) -> Any:

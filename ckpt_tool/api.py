@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from ckpt_tool import progress
 from ckpt_tool.checkpoint import Checkpoint, load
 from ckpt_tool.edit import (
     Output,
@@ -785,7 +786,9 @@ def transplant(
             f"{ckpt.path}: no tensors to transplant (layout {ckpt.layout}); pass a checkpoint "
             "that holds weights, or choose them with --weights"
         )
+    progress.report(f"building {into}", 0, 1)
     built = construct(into, parse_arch_args(list(arch_args)), num_classes, in_chans, seed)
+    progress.report(f"building {into}", 1, 1)
     ext = ".safetensors" if "safetensors" in ckpt.format else ".pth"
     opts.output = resolve_output(
         ckpt.path, opts.output, tag=built.spec.tag, force=opts.force, in_place=False, ext=ext
@@ -820,13 +823,12 @@ def transplant(
             {k: v for k, v in details.items() if k != "notes"}, list(details["notes"]),
             exit_code=EXIT_CHECK_FAILED,
         )  # fmt: skip
-        error = CheckFailed(
+        raise CheckFailed(
             f"{ckpt.path}: only {pct:.1f}% of {built.spec.label}'s parameters were copied, under "
             f"--min-coverage {min_coverage:g}; nothing written (check the architecture, "
-            "--map or --match suffix)"
+            "--map or --match suffix)",
+            report=refused,
         )
-        error.report = refused
-        raise error
     if pct < WARN_UNDER_PCT:
         write_plan.warnings.append(
             f"only {pct:.1f}% of {built.spec.label}'s parameters were copied from {ckpt.path}; "

@@ -137,6 +137,17 @@ class Checkpoint:
     _zip: torch_zip.ZipIndex | None = field(default=None, repr=False)
     _legacy: dict[str, int] | None = field(default=None, repr=False)
 
+    @property
+    def zip_index(self) -> torch_zip.ZipIndex | None:
+        """The zip directory (members, CRCs, data offsets) of a zip-based file."""
+        return self._zip
+
+    def open_reader(self) -> Any:
+        """A TensorReader over this checkpoint (the writers' formats.writer.RecordReader)."""
+        from .tensors import TensorReader
+
+        return TensorReader(self)
+
     def locate(self, storage: StorageRef) -> Location:
         """The file bytes behind a storage (zip member, legacy offset, safetensors range)."""
         if storage.key in self._locations:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import progress
 from .checkpoint import Checkpoint, TensorEntry
 from .errors import SurgeryError, UsageError
 from .formats import writer
@@ -210,7 +211,6 @@ def diff(
     atol: float = 0.0,
     rtol: float = 0.0,
     depth: int = 1,
-    progress: Callable[[str], None] | None = None,
 ) -> DiffResult:
     """Compare the weights of a and b, one tensor pair at a time."""
     if atol < 0 or rtol < 0:
@@ -229,7 +229,7 @@ def diff(
     r.only_b = [k for k in sb.entries if k not in sa.entries]
     sums: dict[str, list[float]] = {}  # module -> [sq_diff, sq_a, tensors, changed]
     with TensorReader(a) as ra, TensorReader(b) as rb:
-        for key, ea in sa.entries.items():
+        for key, ea in progress.track(sa.entries.items(), "comparing tensors", len(sa.entries)):
             eb = sb.entries.get(key)
             if eb is None:
                 continue
@@ -238,8 +238,6 @@ def diff(
                 continue
             if ea.dtype != eb.dtype:
                 r.dtype_changed.append({"key": key, "a": ea.dtype, "b": eb.dtype})
-            if progress is not None:
-                progress(key)
             s = compare_pair(ra, ea, rb, eb, atol, rtol)
             within = s.bit_identical or ((atol > 0 or rtol > 0) and s.beyond == 0)
             r.tensors.append(

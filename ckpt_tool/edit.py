@@ -19,6 +19,7 @@ from ckpt_tool.checkpoint import (
     Checkpoint,
     as_record,
     is_module_record,
+    load,
     tensors_in,
 )
 from ckpt_tool.errors import OutputRefused, SurgeryError, UnsafeCheckpoint
@@ -276,6 +277,7 @@ def save(
             expect=backed,
             weights_key=out.weights_key,
             keep_device=keep_device,
+            read_back=lambda path, weights: load(path, weights=weights),
         )
     result.notes = out.notes_for(fmt, target) + result.notes
     return result

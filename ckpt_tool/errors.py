@@ -16,8 +16,9 @@ class CkptError(Exception):
     exit_code = EXIT_ERROR
     report: Any = None  # what the command found before failing (e.g. transplant's coverage)
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, report: Any = None) -> None:
         super().__init__(" ".join(message.split()))
+        self.report = report
 
     @property
     def message(self) -> str:

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import progress
 from .checkpoint import Checkpoint, TensorEntry, counts_as_parameter, unique_numel
 from .formats.safe_pickle import TensorRecord, view_key
 from .keys import natural_key
@@ -210,7 +211,7 @@ def tensor_stats(ckpt: Checkpoint, entries: list[TensorEntry]) -> dict[str, dict
 
     out: dict[str, dict[str, Any]] = {}
     with TensorReader(ckpt) as reader:
-        for e in entries:
+        for e in progress.track(entries, "reading tensors", len(entries)):
             t = reader.read(e)
             if t.numel() == 0:
                 out[e.key] = {

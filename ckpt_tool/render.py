@@ -993,3 +993,44 @@ def read_report(command: str, data: dict[str, Any]) -> None:
         "archs": lambda d: arch_list(d, None),
     }
     renderers[command](data)
+
+
+class ProgressLine:
+    """One self-overwriting stderr line per task ("writing  42% 512 MB / 1.2 GB"), at most
+    ten redraws a second, erased when the task ends."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        finished = done >= total
+        if not finished and self.shown and now - self.last < 0.1:
+            return
+        self.last = now
+        if finished:
+            if self.shown:
+                sys.stderr.write("\r\x1b[K")
+                sys.stderr.flush()
+            self.shown = False
+            return
+        pct = f"{100 * done / total:3.0f}%" if total else ""
+        amount = (
+            f"{human_bytes(done)} / {human_bytes(total)}"
+            if what in ("writing", "reading", "casting")
+            else f"{done:,} / {total:,}"
+        )
+        sys.stderr.write(f"\r\x1b[K{_CONTROL.sub('?', what)}  {pct} {amount}")
+        sys.stderr.flush()
+        self.shown = True
+
+
+def progress_sink(json_out: bool) -> ProgressLine | None:
+    """The progress display for a command: on stderr when it is a terminal, never with
+    --json or when CKPT_NO_PROGRESS is set."""
+    if json_out or os.environ.get("CKPT_NO_PROGRESS") or not sys.stderr.isatty():
+        return None
+    return ProgressLine()

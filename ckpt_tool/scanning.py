@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import progress
 from .errors import EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_OK, CkptError
 from .formats import dcp
 from .formats.pickle_rules import DANGEROUS, ERROR, NEEDS_CODE, RANK, SAFE, VERDICTS
@@ -289,7 +290,7 @@ def scan_paths(paths: list[Path], strict: bool = False, check_crc: bool = False)
             )
             continue
         extra: list[Path] = []
-        for target in found:
+        for target in progress.track(found, "scanning files", len(found)):
             key = target.resolve()
             if key in done:
                 continue

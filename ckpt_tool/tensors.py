@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UnreadableCheckpoint, UnsafeCheckpoint
 from .formats import dcp
-from .formats.safe_pickle import DTYPE_SIZES, contiguous_stride
+from .formats.safe_pickle import DTYPE_SIZES, TensorRecord, contiguous_stride
 
 # The integers behind a quantized dtype.
 INT_OF = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
@@ -52,6 +52,12 @@ class TensorReader:
             with open(path, "rb") as f:
                 self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         return self._maps[path]
+
+    def read_record(self, key: str, rec: TensorRecord) -> torch.Tensor:
+        """The tensor of a record found under key (DCP items are found by key)."""
+        from .checkpoint import TensorEntry
+
+        return self.read(TensorEntry(key, rec, "tensor"))
 
     def read(self, entry: TensorEntry) -> torch.Tensor:
         """The tensor as torch would load it (on CPU), sharing no memory with other reads."""

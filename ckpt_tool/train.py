@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ckpt_tool import progress
 from ckpt_tool.apply import AppliedFreeze, apply_freeze
 from ckpt_tool.archs import Built, construct, declared_image_size
 from ckpt_tool.checkpoint import Checkpoint, load
@@ -513,6 +514,9 @@ def train(
             dist.all_reduce(value)
             value = value / world
         losses.append(float(value))
+        if rank == 0:
+            progress.report(f"training, loss {losses[-1]:.4g}", len(losses), cfg.steps)
+    progress.report("training", cfg.steps, cfg.steps)
     assert forward is not None
     after = {n: p.detach().clone() for n, p in inner.named_parameters()}
     checks = [prep.load_check, forward]

@@ -296,7 +296,7 @@ def test_corrupt_local_header_refused_only_for_that_member(tmp_path: Path) -> No
     src.write_bytes(bytes(raw))
     for _ in range(2):  # the same one-line error every time, never a KeyError
         code, report = run_json(["cast", src, "-t", "fp16", "-o", tmp_path / "bad.pth"])
-        assert code == 1 and report is None
+        assert code == 1 and report is not None and set(report) == {"error", "exit_code"}
     from conftest import run_cli
 
     res = run_cli(["cast", src, "-t", "fp16", "-o", tmp_path / "bad.pth"])

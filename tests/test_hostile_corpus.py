@@ -160,6 +160,7 @@ def _invoke(args: list[object]):
     if exc is not None and not isinstance(exc, SystemExit):
         raise AssertionError(f"{args[0]} crashed with {exc!r}") from exc
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    result.json_mode = "--json" in args  # type: ignore[attr-defined]
     return result
 
 
@@ -174,6 +175,11 @@ def _check_error(result, code: int | None, pattern: str | None, report: bool = F
         assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
         if report and result.exit_code == 3 and result.stdout:
             json.loads(result.stdout)  # the report, then the exit code
+        elif result.json_mode:  # the error as one JSON document, the same words
+            assert json.loads(result.stdout) == {
+                "error": lines[0].removeprefix("error: "),
+                "exit_code": result.exit_code,
+            }
         else:
             assert result.stdout == "", result.stdout[:300]
         if pattern is not None:
@@ -212,7 +218,7 @@ def test_corpus_file(hostile_dir: Path, tmp_path: Path, case: Case) -> None:
 
     result = _invoke(["inspect", path, "--json"])
     _check_error(result, *case.inspect, report=True)
-    if result.stdout and case.scan[2] is not None:
+    if result.stdout and case.scan[2] is not None and "error" not in json.loads(result.stdout):
         flagged = {g["name"] for g in json.loads(result.stdout)["refused_globals"]}
         assert case.scan[2] in flagged, flagged
     _assert_untouched(hostile_dir, before)

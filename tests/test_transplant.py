@@ -254,7 +254,8 @@ def test_mlp_other_width_fails_min_coverage_and_writes_nothing(tmp_path: Path) -
     assert "under --min-coverage 50; nothing written" in result.stderr
     assert "shape mismatch" in result.stdout  # the report still shows why
     code, r = run_json(args)
-    assert code == 3 and r["written"] is False and set(r) == REPORT_KEYS
+    assert code == 3 and r["written"] is False and set(r) == REPORT_KEYS | {"error", "exit_code"}
+    assert r["exit_code"] == 3 and "--min-coverage 50" in r["error"]
     assert r["coverage"] == {"pct": r["totals"]["coverage_pct"], "min": 50.0, "ok": False}
     assert statuses(r) == {
         "fc1.weight": "shape_mismatch", "fc1.bias": "shape_mismatch",

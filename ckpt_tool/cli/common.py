@@ -13,7 +13,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from ckpt_tool import render
+from ckpt_tool import progress, render
 from ckpt_tool.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CkptError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,7 +27,8 @@ def boundary(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         json_out = bool(kwargs.get("json_out"))
         try:
-            return func(*args, **kwargs)
+            with progress.showing(render.progress_sink(json_out)):
+                return func(*args, **kwargs)
         except CkptError as exc:
             if os.environ.get("CKPT_DEBUG") == "1":
                 traceback.print_exc()

@@ -112,10 +112,9 @@ def smoke_train_cmd(
         amp=amp.value if amp else None, nproc=nproc, weights=weights,
     )  # fmt: skip
     if result.exit_code:
-        error = CheckFailed(
+        raise CheckFailed(
             f"{result.data['input']}: smoke-train failed {', '.join(result.data['failed'])} "
-            "(see the report above)"
+            "(see the report above)",
+            report=result,
         )
-        error.report = result
-        raise error
     show_report(result, json_out)

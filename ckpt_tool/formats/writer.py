@@ -15,12 +15,13 @@ import secrets
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
+from ckpt_tool import progress
 from ckpt_tool.errors import OutputRefused, UsageError, WriteFailed
 from ckpt_tool.formats.pickle_rules import DANGEROUS, NEEDS_CODE
 from ckpt_tool.formats.survey import survey_file
@@ -29,10 +30,8 @@ from . import pickle_writer
 from .chunks import Chunk, ChunkedStream, ChunkPipeline
 from .safe_pickle import DTYPE_SIZES, StorageRef, TensorRecord, contiguous_stride, view_key
 from .safetensors_io import TORCH_TO_ST
+from .torch_zip import ZipIndex
 from .zipwriter import ZipWriter, copy_range
-
-if TYPE_CHECKING:
-    from ckpt_tool.checkpoint import Checkpoint
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 TMP_MARK = ".ckpt-tmp-"
@@ -140,6 +139,39 @@ def _io_error(target: Path, exc: OSError) -> WriteFailed:
 # --- tensor byte sources -------------------------------------------------------------------------
 
 
+class RecordReader(Protocol):
+    """Reads one record's tensor (torch) from its input; closed when the writer is done."""
+
+    def read_record(self, key: str, rec: TensorRecord) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class ByteOrigin(Protocol):
+    """What the writers need of an input checkpoint (`checkpoint.Checkpoint` is one): where a
+    storage's bytes lie, the zip directory (known CRCs), a reader for tensors that must be
+    materialised, the code names it already needs, and its tensors (read back)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def needs_code(self) -> list[str]: ...
+
+    @property
+    def zip_index(self) -> ZipIndex | None: ...
+
+    @property
+    def tensors(self) -> Mapping[str, Any]: ...  # key -> entry with .record
+
+    def locate(self, storage: StorageRef) -> Any: ...  # .path and .offset of the bytes
+
+    def open_reader(self) -> RecordReader: ...
+
+
+ReadBack = Callable[[Path, "str | None"], ByteOrigin]  # (written file, weights key) -> reading
+
+
 @dataclass
 class Source:
     """Where an output storage's bytes come from: a file range (kernel copy) or bytes in memory."""
@@ -161,7 +193,7 @@ class Source:
 class Sources:
     """Byte sources for the storages of records from one input checkpoint."""
 
-    ckpt: Checkpoint | None
+    ckpt: ByteOrigin | None
     extra: dict[int, bytes] = field(default_factory=dict)
     streams: dict[int, Callable[[], Iterator[bytes]]] = field(default_factory=dict)
     chunked: dict[int, ChunkedStream] = field(default_factory=dict)
@@ -191,7 +223,7 @@ class Sources:
         """Runs the chunked streams among storages ahead of a writer that takes them in order."""
         return ChunkPipeline([self.chunked[id(s)] for s in storages if id(s) in self.chunked])
 
-    def require_ckpt(self) -> Checkpoint:
+    def require_ckpt(self) -> ByteOrigin:
         if self.ckpt is None:
             raise WriteFailed("tensor bytes requested without an input checkpoint (internal)")
         return self.ckpt
@@ -223,7 +255,7 @@ class Sources:
             raise WriteFailed(f"storage {storage.key} has no bytes (internal)")
         loc = self.ckpt.locate(storage)
         crc = None
-        zip_index = self.ckpt._zip
+        zip_index = self.ckpt.zip_index
         if zip_index is not None:
             info = zip_index.storage_member(storage.key)
             if info is not None and info.file_size == storage.nbytes:
@@ -243,9 +275,7 @@ def storage_backed(records: dict[str, TensorRecord], sources: Sources) -> dict[s
         if rec.inline is not None:
             sources.extra[id(storage)] = rec.inline
         else:  # DCP: read when the writer gets there, a batch at a time (memory stays flat)
-            from ckpt_tool.tensors import TensorReader
-
-            reader = reader or TensorReader(sources.require_ckpt())
+            reader = reader or sources.require_ckpt().open_reader()
             sources.add_stream(storage, _lazy_bytes(reader, rec, key))
         stride = contiguous_stride(rec.shape)
         out[key] = TensorRecord(
@@ -366,8 +396,10 @@ def write_pth(
     expect: dict[str, TensorRecord] | None = None,
     weights_key: str | None = None,
     keep_device: bool = False,
+    read_back: ReadBack | None = None,
 ) -> WriteResult:
-    """Write root (our object model) as a torch zip file, atomically, then verify it."""
+    """Write root (our object model) as a torch zip file, atomically, then verify it with
+    read_back (our reader: records and zip directory), which verify needs."""
     try:
         data_pkl, storages = pickle_writer.dumps(root, keep_device=keep_device)
     except RecursionError:
@@ -399,7 +431,11 @@ def write_pth(
                 syncer.finish()
                 check_output_safety(tmp, target, sources.ckpt)
                 if verify:
-                    verify_pth(tmp, target, expected_crcs, expect, weights_key, checker, zw)
+                    if read_back is None:
+                        raise WriteFailed(f"{target}: verification needs a reader (internal)")
+                    verify_pth(
+                        tmp, target, expected_crcs, expect, weights_key, checker, zw, read_back
+                    )
             finally:
                 checker.close()
                 syncer.wait()
@@ -420,7 +456,7 @@ def _write_storages(
     pending: list[tuple[str, Path, int, int]] = []
     pipeline = sources.pipeline([s for _, s in storages])
     try:
-        for key, storage in storages:
+        for key, storage in progress.track(storages, "writing tensors", len(storages)):
             name = f"archive/data/{key}"
             src = sources.of(storage)
             if src.data is not None:
@@ -483,7 +519,7 @@ def _alias_groups(records: dict[str, TensorRecord]) -> list[list[str]]:
     return sorted(g for g in groups.values() if len(g) > 1)
 
 
-def check_output_safety(tmp: Path, target: Path, source: Checkpoint | None) -> None:
+def check_output_safety(tmp: Path, target: Path, source: ByteOrigin | None) -> None:
     """Re-scan a written pickle: never dangerous, and never naming code its input did not.
 
     Runs even with --no-verify: it reads only the output's pickles.
@@ -511,17 +547,16 @@ def verify_pth(
     weights_key: str | None,
     checker: RangeChecker,
     zw: ZipWriter,
+    read_back: ReadBack,
 ) -> None:
     """Read the written file back with our reader and compare it with the plan."""
-    from ckpt_tool.checkpoint import load
-
     try:
-        back = load(tmp, weights=weights_key)
+        back = read_back(tmp, weights_key)
     except Exception as exc:
         raise WriteFailed(
             f"{target}: verification could not read the output back ({exc})"
         ) from None
-    zip_index = back._zip
+    zip_index = back.zip_index
     assert zip_index is not None
     written = {m.name: m for m in zw.members}
     for name, crc in expected_crcs.items():
@@ -655,7 +690,7 @@ def _write_st_data(
     reader = None
     pipeline = sources.pipeline([r.storage for _, r in plan if r.storage is not None])
     try:
-        for key, rec in plan:
+        for key, rec in progress.track(plan, "writing tensors", len(plan)):
             pos = f.tell()
             span = _contiguous_range(rec)
             assert rec.storage is not None
@@ -684,9 +719,7 @@ def _write_st_data(
                 start, size = span
                 chunk = src.data[start : start + size]
             else:
-                from ckpt_tool.tensors import TensorReader
-
-                reader = reader or TensorReader(sources.require_ckpt())
+                reader = reader or sources.require_ckpt().open_reader()
                 chunk = _materialise(reader, rec, key)
             f.write(chunk)
             out.append((key, pos - data_start, len(chunk), zlib.crc32(chunk)))
@@ -731,9 +764,7 @@ def _materialise(reader: Any, rec: TensorRecord, key: str) -> bytes:
     """The tensor's bytes in C order (DCP items are found by key)."""
     import torch
 
-    from ckpt_tool.checkpoint import TensorEntry
-
-    t = reader.read(TensorEntry(key, rec, "tensor")).contiguous()
+    t = reader.read_record(key, rec).contiguous()
 
     return bytes(t.reshape(-1).view(torch.uint8).numpy().tobytes()) if t.numel() else b""
 
