@@ -48,5 +48,10 @@ def run_module(
     env = {**os.environ, **kwargs.pop("env", {})}
     return subprocess.run(
         [sys.executable, "-m", "ckpt_tool", *[str(a) for a in args]],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, **kwargs,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+        **kwargs,
     )

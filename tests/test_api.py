@@ -99,9 +99,10 @@ def test_add_module_rename_and_freeze(dp: Any, tmp_path: Path) -> None:
     out = torch.load(frozen.output, weights_only=True)
     assert not out["layer1.0.weight"].requires_grad and out["fc.weight"].requires_grad
     only = ckpt_tool.freeze(bare, ["fc.*"], mode="only", output=tmp_path / "only.pth")
-    assert only.details["totals"]["after"]["trainable"] == sd["fc.weight"].numel() + sd[
-        "fc.bias"
-    ].numel()
+    assert (
+        only.details["totals"]["after"]["trainable"]
+        == sd["fc.weight"].numel() + sd["fc.bias"].numel()
+    )
     with pytest.raises(UsageError):
         ckpt_tool.freeze(bare, ["fc.*"], mode="sideways")
 
@@ -284,6 +285,8 @@ def test_transplant_refusal_json_keeps_the_report(tmp_path: Path) -> None:
     result = run_cli(["transplant", src, "--into", "mlp", "--json"])
     assert result.exit_code == 3
     doc = json.loads(result.stdout)
-    assert doc["coverage"]["ok"] is False and doc["exit_code"] == 3 and "--min-coverage" in doc[
-        "error"
-    ]
+    assert (
+        doc["coverage"]["ok"] is False
+        and doc["exit_code"] == 3
+        and "--min-coverage" in doc["error"]
+    )

@@ -68,9 +68,7 @@ def test_inspect_bad_input(tmp_path, build, expected, flags):
     if exc is not None and not isinstance(exc, SystemExit):
         raise AssertionError(f"command crashed with {exc!r}") from exc
     assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
-    _check_one_line_error(
-        result.stdout, result.stderr, path, expected, json_out=bool(flags)
-    )
+    _check_one_line_error(result.stdout, result.stderr, path, expected, json_out=bool(flags))
     assert _digest(path) == before
 
 

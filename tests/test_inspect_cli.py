@@ -18,9 +18,26 @@ from conftest import FIXTURES, REPO, run_cli, run_json, run_module
 import ckpt_tool
 
 REPORT_KEYS = {
-    "file", "format", "layout", "framework", "size_bytes", "weights", "extras", "num_tensors",
-    "num_params", "num_buffer_elements", "bytes_by_dtype", "devices", "prefix", "shared",
-    "trainable", "refused_globals", "modules", "metadata", "top_level", "tensors",
+    "file",
+    "format",
+    "layout",
+    "framework",
+    "size_bytes",
+    "weights",
+    "extras",
+    "num_tensors",
+    "num_params",
+    "num_buffer_elements",
+    "bytes_by_dtype",
+    "devices",
+    "prefix",
+    "shared",
+    "trainable",
+    "refused_globals",
+    "modules",
+    "metadata",
+    "top_level",
+    "tensors",
 }
 TENSOR_KEYS = {"key", "shape", "dtype", "numel", "bytes", "kind", "device", "requires_grad"}
 STATS_KEYS = {"min", "max", "mean", "std", "nan", "inf"}
@@ -70,8 +87,11 @@ def tload(path: Path | str) -> Any:
 
 
 def test_expected_table_covers_fixtures() -> None:
-    on_disk = {p.name for p in FIXTURES.iterdir()} - {"README.md", "make_fixtures.py",
-                                                      "__pycache__"}
+    on_disk = {p.name for p in FIXTURES.iterdir()} - {
+        "README.md",
+        "make_fixtures.py",
+        "__pycache__",
+    }
     assert on_disk == set(EXPECTED)
 
 
@@ -95,11 +115,17 @@ def test_inspect_json_every_fixture(name: str) -> None:
     assert sum(t["bytes"] for t in data["tensors"]) == sum(data["bytes_by_dtype"].values())
     assert sum(data["devices"].values()) == num_tensors
     assert data["num_params"] + data["num_buffer_elements"] == sum(
-        t["numel"] for t in data["tensors"])
+        t["numel"] for t in data["tensors"]
+    )
     assert set(data["weights"]) == {"key", "candidates", "hint"}
     assert set(data["prefix"]) >= {"prefix", "counts", "partial", "lightning", "suggest"}
-    assert set(data["trainable"]) >= {"recorded", "trainable_params", "frozen_params",
-                                      "frozen_keys", "bn_eval"}
+    assert set(data["trainable"]) >= {
+        "recorded",
+        "trainable_params",
+        "frozen_params",
+        "frozen_keys",
+        "bn_eval",
+    }
     # keys in the report are the library's keys, in order
     assert [t["key"] for t in data["tensors"]] == list(ckpt_tool.load(FIXTURES / name).tensors)
 
@@ -140,8 +166,12 @@ def test_inspect_json_details() -> None:
     frozen = inspect_json(FIXTURES / "convnet_frozen.pth")
     t = frozen["trainable"]
     assert t["recorded"] is True
-    assert t["frozen_keys"] == ["layer1.0.weight", "layer1.0.bias", "layer1.1.weight",
-                                "layer1.1.bias"]
+    assert t["frozen_keys"] == [
+        "layer1.0.weight",
+        "layer1.0.bias",
+        "layer1.1.weight",
+        "layer1.1.bias",
+    ]
     assert t["frozen_params"] == 16 * 25 + 16 + 16 + 16
     assert t["trainable_params"] == 29_034 - t["frozen_params"]
     by_key = {x["key"]: x for x in frozen["tensors"]}
@@ -156,8 +186,7 @@ def test_inspect_json_details() -> None:
 
 
 def test_inspect_weights_option() -> None:
-    data = inspect_json(FIXTURES / "timm_train.pth.tar", "--weights", "state_dict_ema",
-                        "--stats")
+    data = inspect_json(FIXTURES / "timm_train.pth.tar", "--weights", "state_dict_ema", "--stats")
     assert data["weights"]["key"] == "state_dict_ema"
     ema = tload(FIXTURES / "timm_train.pth.tar")["state_dict_ema"]
     for t in data["tensors"]:
@@ -186,8 +215,9 @@ def _check_stats(stats: dict[str, Any], t: torch.Tensor, key: str) -> None:
         assert stats["std"] == pytest.approx(float(x.std()), rel=1e-9, abs=1e-12), key
 
 
-@pytest.mark.parametrize("name", ["mlp.pth", "convnet_fp16.pth", "convnet_frozen.pth",
-                                  "sigmoidnet_legacy.pth"])
+@pytest.mark.parametrize(
+    "name", ["mlp.pth", "convnet_fp16.pth", "convnet_frozen.pth", "sigmoidnet_legacy.pth"]
+)
 def test_stats_match_torch(name: str) -> None:
     data = inspect_json(FIXTURES / name, "--stats")
     ref = tload(FIXTURES / name)
@@ -208,15 +238,17 @@ def test_stats_safetensors_and_dcp() -> None:
 
 
 def test_stats_nan_inf_and_edge_cases(tmp_path: Path) -> None:
-    sd = OrderedDict([
-        ("mixed", torch.tensor([1.0, float("nan"), 3.0, float("inf"), -float("inf"), 5.0])),
-        ("mixed_bf16", torch.tensor([float("nan"), 2.0, float("inf")]).bfloat16()),
-        ("all_nan", torch.full((3,), float("nan"))),
-        ("empty", torch.empty(0, 2)),
-        ("scalar", torch.tensor(4.0)),
-        ("ints", torch.tensor([3, -7, 10], dtype=torch.int64)),
-        ("flags", torch.tensor([True, False, True, True])),
-    ])
+    sd = OrderedDict(
+        [
+            ("mixed", torch.tensor([1.0, float("nan"), 3.0, float("inf"), -float("inf"), 5.0])),
+            ("mixed_bf16", torch.tensor([float("nan"), 2.0, float("inf")]).bfloat16()),
+            ("all_nan", torch.full((3,), float("nan"))),
+            ("empty", torch.empty(0, 2)),
+            ("scalar", torch.tensor(4.0)),
+            ("ints", torch.tensor([3, -7, 10], dtype=torch.int64)),
+            ("flags", torch.tensor([True, False, True, True])),
+        ]
+    )
     path = tmp_path / "special.pth"
     torch.save(sd, path)
     result = run_cli(["inspect", path, "--stats", "--json"])
@@ -284,8 +316,7 @@ def test_depth_zero_is_usage_error() -> None:
 
 # --- names from the file are data ----------------------------------------------------------------
 
-HOSTILE_KEYS = ["[bold]x", "layer.\x1b[31mred\x1b[0m.weight", "[red]oops[/red].bias",
-                "ok.weight"]
+HOSTILE_KEYS = ["[bold]x", "layer.\x1b[31mred\x1b[0m.weight", "[red]oops[/red].bias", "ok.weight"]
 
 
 @pytest.fixture
@@ -376,13 +407,29 @@ sys.stderr.write(f"exit={code} torch={'torch' in sys.modules}\\n")
 """
 
 
-@pytest.mark.parametrize("name", ["mlp.pth", "convnet.safetensors", "convnet_sharded",
-                                  "convnet_whole.pth", "lightning.ckpt", "timm_train.pth.tar",
-                                  "sigmoidnet_legacy.pth", "numpy_arrays_p4.pkl",
-                                  "sigmoidnet_dcp", "hf_model"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mlp.pth",
+        "convnet.safetensors",
+        "convnet_sharded",
+        "convnet_whole.pth",
+        "lightning.ckpt",
+        "timm_train.pth.tar",
+        "sigmoidnet_legacy.pth",
+        "numpy_arrays_p4.pkl",
+        "sigmoidnet_dcp",
+        "hf_model",
+    ],
+)
 def test_inspect_does_not_import_torch(name: str) -> None:
-    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, str(FIXTURES / name)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, str(FIXTURES / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert "exit=0 torch=False" in proc.stderr, proc.stderr
     assert strict_json(proc.stdout)["num_tensors"] == EXPECTED[name][2]
 
@@ -408,8 +455,7 @@ def resnet34_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_resnet34_counts(resnet34_file: Path) -> None:
     data = inspect_json(resnet34_file)
     assert data["num_params"] == 21_797_672
-    assert data["num_tensors"] == len(torch.load(resnet34_file, weights_only=True,
-                                                 mmap=True))
+    assert data["num_tensors"] == len(torch.load(resnet34_file, weights_only=True, mmap=True))
     shares = data["top_level"]
     assert sum(r["share"] for r in shares) == pytest.approx(1.0)
     assert sum(r["params"] for r in shares) == 21_797_672
@@ -432,7 +478,8 @@ def test_cuda_tagged_devices_in_report(tmp_path: Path) -> None:
     registry = torch.serialization._package_registry
     saved = list(registry)
     torch.serialization.register_package(
-        -1_000_000, lambda s: "cuda:0" if s.device.type == "cpu" else None, lambda s, loc: None)
+        -1_000_000, lambda s: "cuda:0" if s.device.type == "cpu" else None, lambda s, loc: None
+    )
     try:
         torch.save({"w": torch.ones(2, 2), "b": torch.zeros(2)}, tmp_path / "gpu.pth")
     finally:

@@ -47,8 +47,12 @@ def assert_same_tensor(got: torch.Tensor, want: torch.Tensor, key: str) -> None:
     assert raw_bytes(got) == raw_bytes(want), f"{key}: bytes differ"
 
 
-def assert_matches(ckpt: ckpt_tool.Checkpoint, ref: dict[str, torch.Tensor],
-                   check_order: bool = True, check_bytes: bool = True) -> None:
+def assert_matches(
+    ckpt: ckpt_tool.Checkpoint,
+    ref: dict[str, torch.Tensor],
+    check_order: bool = True,
+    check_bytes: bool = True,
+) -> None:
     """Keys (order), shapes, dtypes of the Checkpoint equal ref; every read is bit-identical."""
     if check_order:
         assert list(ckpt.tensors) == list(ref)
@@ -121,8 +125,11 @@ def _ref_numpy(name: str) -> dict[str, torch.Tensor]:
 
     with open(FIXTURES / name, "rb") as f:
         obj = pickle.load(f)  # our own committed fixture: trusted
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obj.items()
-            if isinstance(v, np.ndarray)}
+    return {
+        k: torch.from_numpy(np.ascontiguousarray(v))
+        for k, v in obj.items()
+        if isinstance(v, np.ndarray)
+    }
 
 
 def _ref_whole() -> dict[str, torch.Tensor]:
@@ -151,8 +158,11 @@ REFERENCES = {
 
 
 def test_every_committed_fixture_is_covered() -> None:
-    on_disk = {p.name for p in FIXTURES.iterdir()} - {"README.md", "make_fixtures.py",
-                                                      "__pycache__"}
+    on_disk = {p.name for p in FIXTURES.iterdir()} - {
+        "README.md",
+        "make_fixtures.py",
+        "__pycache__",
+    }
     assert on_disk == set(REFERENCES)
 
 
@@ -212,8 +222,14 @@ def test_lightning_checkpoint() -> None:
     assert ckpt.weights_key == "state_dict"
     assert len(ckpt.tensors) == 10
     assert all(k.startswith("model.") for k in ckpt.tensors)
-    for extra in ("optimizer_states", "lr_schedulers", "epoch", "global_step",
-                  "hyper_parameters", "pytorch-lightning_version"):
+    for extra in (
+        "optimizer_states",
+        "lr_schedulers",
+        "epoch",
+        "global_step",
+        "hyper_parameters",
+        "pytorch-lightning_version",
+    ):
         assert extra in ckpt.extras, extra
     assert "state_dict" not in ckpt.extras
     # optimizer state tensors are not weights
@@ -325,8 +341,10 @@ def test_cuda_tagged_storages(tmp_path: Path) -> None:
 def test_tied_weights_are_shared(tmp_path: Path) -> None:
     w = torch.randn(6, 4)
     other = torch.randn(2)
-    path = _save(OrderedDict([("embed.weight", w), ("bias", other), ("head.weight", w)]),
-                 tmp_path / "tied.pth")
+    path = _save(
+        OrderedDict([("embed.weight", w), ("bias", other), ("head.weight", w)]),
+        tmp_path / "tied.pth",
+    )
     ckpt = ckpt_tool.load(path)
     assert shared_groups(ckpt) == [["embed.weight", "head.weight"]]
     assert_matches(ckpt, dict(tload(path)))
@@ -334,12 +352,14 @@ def test_tied_weights_are_shared(tmp_path: Path) -> None:
 
 def test_views_and_offsets(tmp_path: Path) -> None:
     base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
-    sd = OrderedDict([
-        ("transposed", base.t()),  # non-contiguous
-        ("rows", base[2:5]),  # storage offset 20
-        ("strided", base[1::2, 3:9:2]),  # offset and steps in both dims
-        ("elem", base[4, 7]),  # 0-d view into the middle
-    ])
+    sd = OrderedDict(
+        [
+            ("transposed", base.t()),  # non-contiguous
+            ("rows", base[2:5]),  # storage offset 20
+            ("strided", base[1::2, 3:9:2]),  # offset and steps in both dims
+            ("elem", base[4, 7]),  # 0-d view into the middle
+        ]
+    )
     path = _save(sd, tmp_path / "views.pth")
     ref = dict(tload(path))
     assert not ref["transposed"].is_contiguous()
@@ -389,9 +409,21 @@ def test_timm_resnet18(tmp_path: Path) -> None:
     assert_matches(ckpt_tool.load(path), dict(tload(path)))
 
 
-DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.int8, torch.uint8,
-          torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64,
-          torch.float8_e4m3fn, torch.float8_e5m2]
+DTYPES = [
+    torch.bfloat16,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+    torch.int8,
+    torch.uint8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+    torch.complex64,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+]
 
 
 def _sample(dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
@@ -425,8 +457,14 @@ def test_dtypes_scalars_and_empty(tmp_path: Path) -> None:
 
 
 def test_legacy_format_file(tmp_path: Path) -> None:
-    sd = OrderedDict([("a", torch.randn(4, 3)), ("b", torch.arange(5)),
-                      ("c", torch.randn(2, 2).half()), ("view", torch.randn(5, 5)[1:3].t())])
+    sd = OrderedDict(
+        [
+            ("a", torch.randn(4, 3)),
+            ("b", torch.arange(5)),
+            ("c", torch.randn(2, 2).half()),
+            ("view", torch.randn(5, 5)[1:3].t()),
+        ]
+    )
     path = _save(sd, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     assert not zipfile.is_zipfile(path)
     ckpt = ckpt_tool.load(path)
@@ -460,8 +498,14 @@ class _Buffers(nn.Module):
 
 
 def test_whole_model_built_here(tmp_path: Path) -> None:
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(4, 4), nn.ReLU(),
-                          nn.Linear(4, 4), _Buffers())
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3),
+        nn.BatchNorm2d(2),
+        nn.Linear(4, 4),
+        nn.ReLU(),
+        nn.Linear(4, 4),
+        _Buffers(),
+    )
     model[1].weight.requires_grad_(False)
     path = _save(model, tmp_path / "whole.pth")
     ckpt = ckpt_tool.load(path)
@@ -485,8 +529,10 @@ def test_whole_model_shared_submodule(tmp_path: Path) -> None:
     assert list(ref) == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
     ckpt = ckpt_tool.load(path)
     assert_matches(ckpt, dict(ref))
-    assert sorted(map(sorted, shared_groups(ckpt))) == [["1.bias", "3.bias"],
-                                                        ["1.weight", "3.weight"]]
+    assert sorted(map(sorted, shared_groups(ckpt))) == [
+        ["1.bias", "3.bias"],
+        ["1.weight", "3.weight"],
+    ]
 
 
 _LOAD_IN_CHILD = """
@@ -514,8 +560,12 @@ def test_whole_model_exponential_sharing_is_bounded(tmp_path: Path) -> None:
     path = _save(m, tmp_path / "diamond.pth")
     assert path.stat().st_size < 50_000
     try:
-        proc = subprocess.run([sys.executable, "-c", _LOAD_IN_CHILD, str(path)],
-                              capture_output=True, text=True, timeout=15)
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOAD_IN_CHILD, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("ckpt_tool.load did not finish in 15 s on a 2**40-path shared module graph")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -565,9 +615,13 @@ def test_big_endian_torch_zip(tmp_path: Path) -> None:
     """A zip whose `byteorder` record says big: torch byte-swaps on load; so must we, or refuse."""
     import numpy as np
 
-    sd = OrderedDict([("w", torch.arange(6, dtype=torch.float32).reshape(2, 3) / 3),
-                      ("i", torch.arange(3, dtype=torch.int64) - 1),
-                      ("h", torch.tensor([1.5, -2.0]).half())])
+    sd = OrderedDict(
+        [
+            ("w", torch.arange(6, dtype=torch.float32).reshape(2, 3) / 3),
+            ("i", torch.arange(3, dtype=torch.int64) - 1),
+            ("h", torch.tensor([1.5, -2.0]).half()),
+        ]
+    )
     little = tmp_path / "little.pth"
     torch.save(sd, little)
     path = tmp_path / "big.pth"
@@ -658,8 +712,9 @@ def test_tensor_inside_deep_nesting(tmp_path: Path) -> None:
 BASE_KEYS = ["conv1.weight", "bn1.weight", "bn1.running_mean", "fc.weight", "fc.bias"]
 
 
-@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod.",
-                                    "_orig_mod.module."])
+@pytest.mark.parametrize(
+    "prefix", ["module.", "_orig_mod.", "module._orig_mod.", "_orig_mod.module."]
+)
 def test_detect_wrapper_prefix(prefix: str) -> None:
     report = detect_prefix([prefix + k for k in BASE_KEYS])
     assert report.prefix == prefix
@@ -723,4 +778,3 @@ def test_detect_prefix_on_fixtures() -> None:
 def test_detect_empty() -> None:
     report = detect_prefix([])
     assert report.prefix == "" and not report.partial and not report.lightning
-

@@ -58,7 +58,8 @@ def test_fixtures_scan_safe_or_needs_code_and_complete() -> None:
     expected = {
         p.name
         for p in FIXTURES.rglob("*")
-        if p.is_file() and p.name.endswith((".pth", ".pt", ".tar", ".pkl", ".safetensors", ".ckpt"))
+        if p.is_file()
+        and p.name.endswith((".pth", ".pt", ".tar", ".pkl", ".safetensors", ".ckpt"))
         and "sigmoidnet_dcp" not in p.parts
     }
     expected |= {"model.safetensors.index.json", "sigmoidnet_dcp"}

@@ -25,8 +25,8 @@ from ckpt_tool.checkpoint import load
 from ckpt_tool.errors import SurgeryError
 from ckpt_tool.seed_models import ConvNet, SigmoidNet, mlp
 from ckpt_tool.surgery.transplant import Meta, group_rows, plan
-from ckpt_tool.transplanting import adapt_input_conv
 from ckpt_tool.tensors import TensorReader
+from ckpt_tool.transplanting import adapt_input_conv
 
 REPORT_KEYS = {
     "command", "input", "output", "dry_run", "written", "weights_key", "arch", "match", "maps",
