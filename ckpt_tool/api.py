@@ -40,6 +40,7 @@ from ckpt_tool.errors import (
 )
 from ckpt_tool.output import Report, WriteOptions, WritePlan, WriteReport, write
 from ckpt_tool.output.naming import is_folder_output, resolve_output
+from ckpt_tool.output.write import unwritten
 from ckpt_tool.surgery.rename import RenamePlan, add_plan, regex_plan, strip_plan
 
 if TYPE_CHECKING:
@@ -818,11 +819,9 @@ def transplant(
     details["coverage"] = {"pct": pct, "min": min_coverage, "ok": ok}
     write_plan = WritePlan("transplant", ckpt, out, built.spec.tag, details, in_place_ok=False)
     if not ok:
-        refused = WriteReport(
-            "transplant", str(ckpt.path), str(opts.output), opts.dry_run, ckpt.weights_key,
-            {k: v for k, v in details.items() if k != "notes"}, list(details["notes"]),
-            exit_code=EXIT_CHECK_FAILED,
-        )  # fmt: skip
+        assert opts.output is not None
+        refused = unwritten(write_plan, opts.output, opts)
+        refused.exit_code = EXIT_CHECK_FAILED
         raise CheckFailed(
             f"{ckpt.path}: only {pct:.1f}% of {built.spec.label}'s parameters were copied, under "
             f"--min-coverage {min_coverage:g}; nothing written (check the architecture, "

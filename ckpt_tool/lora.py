@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .checkpoint import Checkpoint, TensorEntry, load
 from .errors import SurgeryError, UnreadableCheckpoint, UsageError
 from .formats import writer
+from .formats.raw import tensor_bytes
 from .formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
 
 if TYPE_CHECKING:
@@ -212,10 +213,7 @@ def delta(target: LoraTarget, a: torch.Tensor, b: torch.Tensor, weight: torch.Te
 
 
 def _bytes(t: torch.Tensor) -> bytes:
-    import torch
-
-    c = t.detach().contiguous().reshape(-1)
-    return bytes(c.view(torch.uint8).numpy().tobytes()) if c.numel() else b""
+    return tensor_bytes(t)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from ckpt_tool.archs import Built, construct, declared_image_size
 from ckpt_tool.checkpoint import Checkpoint, load
 from ckpt_tool.edit import refuse_dangerous
 from ckpt_tool.errors import CkptError, UsageError, WeightsNotFound
+from ckpt_tool.formats.raw import tensor_bytes
 from ckpt_tool.surgery.prefixes import detect_prefix
 
 if TYPE_CHECKING:
@@ -343,9 +344,8 @@ def check_gradients(
 
 
 def checksum(t: torch.Tensor) -> str:
-    import torch
 
-    raw = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    raw = tensor_bytes(t)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 

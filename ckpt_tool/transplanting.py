@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.edit import Output
 from ckpt_tool.errors import SurgeryError
+from ckpt_tool.formats.raw import tensor_bytes
 from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
 from ckpt_tool.surgery.transplant import (
     METHOD_LABELS,
@@ -209,10 +210,9 @@ def _initialise(t: torch.Tensor, how: str) -> None:
 
 def tensor_record(t: torch.Tensor) -> TensorRecord:
     """A record for a live tensor, its bytes held inline until the writer streams them."""
-    import torch
 
     c = t.detach().to("cpu").contiguous()
-    data = c.reshape(-1).view(torch.uint8).numpy().tobytes() if c.numel() else b""
+    data = tensor_bytes(c)
     stride = tuple(c.stride())
     return TensorRecord(None, 0, tuple(c.shape), stride, dtype_name(c.dtype), inline=data)
 

@@ -4,6 +4,7 @@ outputs compared with the CLI's bytes and with what torch / safetensors / peft l
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -290,3 +291,102 @@ def test_transplant_refusal_json_keeps_the_report(tmp_path: Path) -> None:
         and doc["exit_code"] == 3
         and "--min-coverage" in doc["error"]
     )
+
+
+# --- help at 80 columns, progress under a pseudo-terminal ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ["scan", "extract", "merge-lora", "smoke-train", "freeze"])
+def test_help_paragraphs_wrap_at_80_columns(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from ckpt_tool.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    text = result.stdout.split("╭")[0]  # the description, above the option panels
+    lines = [line.rstrip() for line in text.splitlines()][3:]  # after the usage line
+    assert all(len(line) <= 80 for line in lines)
+    for line, after in itertools.pairwise(lines):
+        if line.strip() and after.strip() and not after.strip().startswith("Example"):
+            # a line followed by more of its paragraph is full: broken by width, not by source
+            assert len(line) >= 60, (line, after)
+
+
+def _run_on_pty(args: list[str], env_extra: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `python -m ckpt_tool ARGS` with stderr on a pseudo-terminal: (code, stdout, stderr)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "CKPT_NO_PROGRESS"}
+    env.update(PYTHONPATH=str(REPO), **(env_extra or {}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ckpt_tool", *args],
+        stdout=subprocess.PIPE, stderr=slave, cwd=REPO, env=env,
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=300)
+    os.close(master)
+    return proc.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_on_a_terminal_stderr(tmp_path: Path) -> None:
+    from collections import OrderedDict
+
+    src = tmp_path / "many.pth"
+    torch.save(OrderedDict((f"w{i}", torch.rand(64, 64)) for i in range(300)), src)
+    code, out, err = _run_on_pty(["cast", str(src), "-t", "fp16", "-o", str(tmp_path / "a.pth")])
+    assert code == 0, err
+    assert "writing tensors" in err and "300" in err  # the progress line, on stderr only
+    assert "\x1b[K" in err  # erased when done
+    assert "writing tensors" not in out and "wrote" in out
+    code, out, err = _run_on_pty(
+        ["cast", str(src), "-t", "fp16", "-o", str(tmp_path / "b.pth"), "--json"]
+    )
+    assert code == 0 and "writing tensors" not in err  # --json: never
+    assert json.loads(out)["written"] is True
+    code, out, err = _run_on_pty(
+        ["cast", str(src), "-t", "fp16", "-o", str(tmp_path / "c.pth")], {"CKPT_NO_PROGRESS": "1"}
+    )
+    assert code == 0 and "writing tensors" not in err
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    src = tmp_path / "m.pth"
+    torch.save({f"w{i}": torch.rand(8) for i in range(50)}, src)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckpt_tool", "cast", str(src), "-t", "fp16"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == ""
+
+
+def test_library_calls_are_silent_and_hooks_see_progress(tmp_path: Path) -> None:
+    from ckpt_tool import progress
+
+    src = tmp_path / "m.pth"
+    torch.save({f"w{i}": torch.rand(8) for i in range(20)}, src)
+    seen: list[tuple[str, int, int]] = []
+    with progress.showing(lambda what, done, total: seen.append((what, done, total))):
+        ckpt_tool.inspect(src, stats=True)
+    assert ("reading tensors", 20, 20) in seen
+    assert [d for w, d, _ in seen if w == "reading tensors"] == list(range(21))

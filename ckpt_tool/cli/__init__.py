@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +22,7 @@ from .compare_cmd import average, diff
 from .convert_cmd import cast, convert
 from .demo_cmd import demo
 from .freeze_cmd import count, freeze
-from .inspect_cmd import inspect
+from .inspect_cmd import inspect as inspect_cmd
 from .merge_cmd import merge_lora
 from .scan_cmd import scan
 from .surgery_cmd import add_module, drop, extract, rename, strip_module
@@ -94,24 +95,35 @@ def _root(
     """Inspect and repair PyTorch checkpoints safely: nothing in a checkpoint runs."""
 
 
-app.command(rich_help_panel="Inspect")(inspect)
-app.command(rich_help_panel="Start here")(demo)
-app.command(rich_help_panel="Inspect")(count)
-app.command(rich_help_panel="Inspect")(archs)
-app.command(rich_help_panel="Inspect")(diff)
-app.command("strip-module", rich_help_panel="Edit")(strip_module)
-app.command("add-module", rich_help_panel="Edit")(add_module)
-app.command(rich_help_panel="Edit")(rename)
-app.command(rich_help_panel="Edit")(extract)
-app.command(rich_help_panel="Edit")(drop)
-app.command(rich_help_panel="Edit")(transplant)
-app.command(rich_help_panel="Edit")(freeze)
-app.command(rich_help_panel="Edit")(cast)
-app.command(rich_help_panel="Edit")(convert)
-app.command("merge-lora", rich_help_panel="Edit")(merge_lora)
-app.command(rich_help_panel="Edit")(average)
-app.command(rich_help_panel="Check")(scan)
-app.command("smoke-train", rich_help_panel="Check")(smoke_train_cmd)
+def _reflow(doc: str | None) -> str:
+    """A docstring as help: the lines of each paragraph joined, so the terminal wraps them
+    (Typer keeps a docstring's line breaks, which breaks lines twice in 80 columns)."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+COMMANDS: list[tuple[str, str, Callable[..., None]]] = [
+    ("inspect", "Inspect", inspect_cmd),
+    ("demo", "Start here", demo),
+    ("count", "Inspect", count),
+    ("archs", "Inspect", archs),
+    ("diff", "Inspect", diff),
+    ("strip-module", "Edit", strip_module),
+    ("add-module", "Edit", add_module),
+    ("rename", "Edit", rename),
+    ("extract", "Edit", extract),
+    ("drop", "Edit", drop),
+    ("transplant", "Edit", transplant),
+    ("freeze", "Edit", freeze),
+    ("cast", "Edit", cast),
+    ("convert", "Edit", convert),
+    ("merge-lora", "Edit", merge_lora),
+    ("average", "Edit", average),
+    ("scan", "Check", scan),
+    ("smoke-train", "Check", smoke_train_cmd),
+]
+for _name, _panel, _func in COMMANDS:
+    app.command(_name, rich_help_panel=_panel, help=_reflow(_func.__doc__))(_func)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from ckpt_tool.formats.survey import survey_file
 
 from . import pickle_writer
 from .chunks import Chunk, ChunkedStream, ChunkPipeline
+from .raw import tensor_bytes
 from .safe_pickle import DTYPE_SIZES, StorageRef, TensorRecord, contiguous_stride, view_key
 from .safetensors_io import TORCH_TO_ST
 from .torch_zip import ZipIndex
@@ -232,10 +233,9 @@ class Sources:
         self, t: Any, *, requires_grad: bool = False, is_parameter: bool = False
     ) -> TensorRecord:
         """A record for a live torch tensor, its bytes kept in memory until written."""
-        import torch
 
         c = t.detach().to("cpu").contiguous()
-        data = bytes(c.reshape(-1).view(torch.uint8).numpy().tobytes()) if c.numel() else b""
+        data = tensor_bytes(c)
         dtype = str(c.dtype).removeprefix("torch.")
         storage = StorageRef(f"mem:{len(self.extra)}", dtype, "cpu", c.numel())
         self.extra[id(storage)] = data
@@ -762,11 +762,8 @@ def _lazy_bytes(reader: Any, rec: TensorRecord, key: str) -> Callable[[], Iterat
 
 def _materialise(reader: Any, rec: TensorRecord, key: str) -> bytes:
     """The tensor's bytes in C order (DCP items are found by key)."""
-    import torch
 
-    t = reader.read_record(key, rec).contiguous()
-
-    return bytes(t.reshape(-1).view(torch.uint8).numpy().tobytes()) if t.numel() else b""
+    return tensor_bytes(reader.read_record(key, rec))
 
 
 def verify_safetensors(

@@ -14,6 +14,7 @@ from ckpt_tool.checkpoint import Checkpoint, TensorEntry
 from ckpt_tool.errors import OutputRefused, WriteFailed
 from ckpt_tool.formats import dcp, writer
 from ckpt_tool.formats.pickle_rules import SAFE
+from ckpt_tool.formats.raw import tensor_bytes
 from ckpt_tool.formats.safe_pickle import TensorRecord
 from ckpt_tool.tensors import TensorReader
 
@@ -65,10 +66,8 @@ def write_dcp(tensors: dict[str, Any], target: Path, *, verify: bool) -> int:
 
 
 def _crc(t: Any) -> int:
-    import torch
 
-    c = t.detach().contiguous().reshape(-1)
-    return zlib.crc32(c.view(torch.uint8).numpy().tobytes()) if c.numel() else 0
+    return zlib.crc32(tensor_bytes(t))
 
 
 def materialise(

@@ -99,6 +99,11 @@ def write(plan: WritePlan, options: WriteOptions) -> WriteReport:
         plan.close()
 
 
+def unwritten(plan: WritePlan, target: Path, options: WriteOptions) -> WriteReport:
+    """The report of a plan refused before writing (e.g. a failed check), nothing written."""
+    return _header(plan, target, options, [])
+
+
 def _header(plan: WritePlan, target: Path, options: WriteOptions, notes: list[str]) -> WriteReport:
     return WriteReport(
         command=plan.command,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import CheckFailed, UsageError
 from ckpt_tool.formats.chunks import BufferPool, Chunk, ChunkedStream, Job
+from ckpt_tool.formats.safe_pickle import DTYPE_SIZES
 from ckpt_tool.surgery.prefixes import wrapper_chain
 
 if TYPE_CHECKING:
@@ -346,7 +347,7 @@ def _cast_chunk(
     raw = scratch.raw[:size]
     pread_exactly(fd, raw, offset, path)
     x = _np_values(raw, source)
-    out_size = x.size * DTYPE_BYTES[dtype]
+    out_size = x.size * DTYPE_SIZES[dtype]
     buf = pool.get(out_size)
     y = np.frombuffer(buf, dtype=np.uint8, count=out_size).view(NP_STORE[dtype])
     if dtype == "float16" and x.dtype == np.float32:
@@ -458,7 +459,6 @@ def _half_to_float() -> Any:
 
 # How each target is stored in numpy (bfloat16 as its bit patterns).
 NP_STORE = {"float16": "<f2", "bfloat16": "<u2", "float32": "<f4", "float64": "<f8"}
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
 def _np_cast(x: Any, y: Any, dtype: str, scratch: _Scratch) -> Any:
