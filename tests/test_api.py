@@ -390,3 +390,53 @@ def test_library_calls_are_silent_and_hooks_see_progress(tmp_path: Path) -> None
         ckpt_tool.inspect(src, stats=True)
     assert ("reading tensors", 20, 20) in seen
     assert [d for w, d, _ in seen if w == "reading tensors"] == list(range(21))
+
+
+# --- #16's commands through the API ------------------------------------------------------------
+
+
+def test_fp8_cast_with_scales(dp: Any, tmp_path: Path) -> None:
+    path, sd = dp
+    report = ckpt_tool.cast(path, "fp8_e4m3fn", fp8_scale=True, output=tmp_path / "fp8.safetensors")
+    got = load_file(report.output)
+    w = sd["fc.weight"]
+    scale = got["module.fc.weight_scale"]
+    assert scale.dtype == torch.float32
+    expect = (w / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(got["module.fc.weight"].view(torch.uint8), expect.view(torch.uint8))
+    assert report.cast is not None and report.cast["scales"]
+
+
+def test_extract_keep_and_strip_prefix(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = ConvNet()
+    path = tmp_path / "det.pth"
+    torch.save(
+        {
+            "model": {
+                **{f"backbone.{k}": v for k, v in net.state_dict().items()},
+                "head.w": torch.ones(3),
+            }
+        },
+        path,
+    )
+    report = ckpt_tool.extract(
+        path, keep=["backbone.*"], strip_prefix="backbone.", output=tmp_path / "bb.safetensors"
+    )
+    assert report.details["left_out"] == ["head.w"]
+    assert _equal(load_file(report.output), net.state_dict())
+
+
+def test_model_folder_through_the_api(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "base")
+    report = ckpt_tool.cast(tmp_path / "base", "bf16", output=tmp_path / "half")
+    assert report.format == "hf-folder" and report.files["config_dtype"] == "bfloat16"
+    assert "config.json" in report.files["files"] and "model.safetensors" in report.files["files"]
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "half")
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
