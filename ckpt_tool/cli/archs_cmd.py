@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api, render
+from ckpt_tool import render
 
 from .common import JsonOpt, boundary
 
@@ -68,6 +68,8 @@ def archs(
 
     Example: ckpt archs --filter 'resnet*'
     """
+    from ckpt_tool import api
+
     report = api.archs(filter)
     if json_out:
         render.print_json(report.to_json())

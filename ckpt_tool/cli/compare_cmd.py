@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api, render
-from ckpt_tool.api import WriteArgs
+from ckpt_tool import render
 from ckpt_tool.cli.common import (
     InputArg,
     JsonOpt,
@@ -17,6 +16,7 @@ from ckpt_tool.cli.common import (
     show_report,
     write_command,
 )
+from ckpt_tool.output.options import WriteArgs
 
 
 @boundary
@@ -48,6 +48,8 @@ def diff(
     default --atol 0 --rtol 0 any byte change counts. Exit 0: identical within tolerance;
     3: differences found. Example: ckpt diff pretrained.pth finetuned.safetensors --depth 2
     """
+    from ckpt_tool import api
+
     report = api.diff(a, b, atol=atol, rtol=rtol, depth=depth, weights=weights, weights_b=weights_b)
     if json_out:
         render.print_json(report.to_json())
@@ -86,4 +88,6 @@ def average(
     state_dict (default: FIRST.avg.pth). Example: ckpt average ep8.pth ep9.pth ep10.pth
     -o avg.pth --coef 1,1,2
     """
+    from ckpt_tool import api
+
     show_report(api.average(paths, coef=coef, weights=weights, **write), json_out)

@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api
-from ckpt_tool.api import WriteArgs
 from ckpt_tool.cli.common import (
     DryRunOpt,
     ForceOpt,
@@ -21,6 +19,7 @@ from ckpt_tool.cli.common import (
     show_report,
     write_command,
 )
+from ckpt_tool.output.options import WriteArgs
 
 KeepOpt = Annotated[
     list[str] | None,
@@ -76,6 +75,8 @@ def cast(
 
     Example: ckpt cast model.pth --dtype fp16 --keep-norm      (writes model.fp16.pth)
     """
+    from ckpt_tool import api
+
     report = api.cast(
         path, dtype, keep=keep or [], keep_norm=keep_norm, strict=strict, fp8_scale=fp8_scale,
         weights=weights, **write,
@@ -144,6 +145,8 @@ def convert(
 
     Example: ckpt convert model.pth -o model.safetensors --dtype bf16
     """
+    from ckpt_tool import api
+
     report = api.convert(
         path, output, dtype=dtype, keep=keep or [], keep_norm=keep_norm, strict=strict,
         fp8_scale=fp8_scale, max_shard_size=max_shard_size, to_dcp=to_dcp,

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api, render
-from ckpt_tool.api import WriteArgs
+from ckpt_tool import render
 from ckpt_tool.cli.common import (
     JsonOpt,
     WeightsOpt,
@@ -18,6 +17,7 @@ from ckpt_tool.cli.common import (
     write_command,
 )
 from ckpt_tool.errors import UsageError
+from ckpt_tool.output.options import WriteArgs
 
 from .archs_cmd import ArchArgOpt, ArchOpt, InChansOpt, NumClassesOpt
 
@@ -93,6 +93,8 @@ def freeze(
 
     Train only the head: ckpt freeze --only 'fc.*' model.pth
     """
+    from ckpt_tool import api
+
     if unfreeze and only:
         raise UsageError("--only already makes its matches trainable; drop --unfreeze")
     patterns, path = split_args(args, only or [])
@@ -128,6 +130,8 @@ def count(
 
     Before you have weights: ckpt count --arch resnet34 --num-classes 4
     """
+    from ckpt_tool import api
+
     report = api.count(
         path, arch=arch, arch_args=arch_args or [], num_classes=num_classes,
         in_chans=in_chans, depth=depth, weights=weights,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api, render
+from ckpt_tool import render
 from ckpt_tool.errors import UsageError
 
 from .common import InputArg, JsonOpt, WeightsOpt, boundary, exit_if_dangerous
@@ -49,6 +49,8 @@ def inspect(
     Exit 3 (after the report) when the file is dangerous, as `ckpt scan` says.
     Example: ckpt inspect model.pth --depth 2
     """
+    from ckpt_tool import api
+
     levels = _parse_depth(depth)
     result = api.inspect(path, filter=filter, stats=stats, weights=weights)
     report = result.data

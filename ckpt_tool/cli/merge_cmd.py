@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api
-from ckpt_tool.api import WriteArgs
 from ckpt_tool.cli.common import InputArg, boundary, show_report, write_command
+from ckpt_tool.output.options import WriteArgs
 
 
 @boundary
@@ -45,5 +44,7 @@ def merge_lora(
     alpha_pattern, use_rslora), fan_in_fan_out, embedding and conv LoRA, modules_to_save.
     One target at a time. Example: ckpt merge-lora base/ adapter/ -o merged.safetensors
     """
+    from ckpt_tool import api
+
     report = api.merge_lora(base, adapter, config=config, scale=scale, weights=weights, **write)
     show_report(report, json_out)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api, render
+from ckpt_tool import render
 
 from .common import JsonOpt, boundary
 
@@ -47,6 +47,8 @@ def scan(
     files two readers could read differently). Exit 0: safe or needs code; 3: dangerous (and
     needs code with --strict); 1: unreadable or damaged. Example: ckpt scan downloads/ --json
     """
+    from ckpt_tool import api
+
     report = api.scan(paths, strict=strict, crc=crc).as_dict()
     if json_out:
         render.print_json(report)

@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api
-from ckpt_tool.api import WriteArgs
 from ckpt_tool.cli.common import InputArg, boundary, show_report, write_command
+from ckpt_tool.output.options import WriteArgs
 
 PrefixOpt = Annotated[
     str | None,
@@ -36,6 +35,8 @@ def strip_module(
 
     Example: ckpt strip-module model.pth          (writes model.stripped.pth)
     """
+    from ckpt_tool import api
+
     report = api.strip_module(path, prefix=prefix, partial=partial, weights=weights, **write)
     show_report(report, json_out)
 
@@ -54,6 +55,8 @@ def add_module(
 
     Example: ckpt add-module model.pth -o model_dp.pth
     """
+    from ckpt_tool import api
+
     show_report(api.add_module(path, prefix=prefix, weights=weights, **write), json_out)
 
 
@@ -79,6 +82,8 @@ def rename(
 
     Example: ckpt rename model.pth --map '^backbone\\.=' --map 'fc\\.=head.'
     """
+    from ckpt_tool import api
+
     show_report(api.rename(path, maps, weights=weights, **write), json_out)
 
 
@@ -112,6 +117,8 @@ def extract(
     Works on training checkpoints (Lightning, timm, mmengine...) and on whole pickled models
     whose class code you do not have. Example: ckpt extract last.ckpt -o weights.safetensors
     """
+    from ckpt_tool import api
+
     report = api.extract(path, keep=keep or [], strip_prefix=strip_prefix, weights=weights, **write)
     show_report(report, json_out)
 
@@ -139,4 +146,6 @@ def drop(
     Reports what went and the bytes saved. Example: ckpt drop last.ckpt optimizer_states
     lr_schedulers callbacks -o slim.ckpt
     """
+    from ckpt_tool import api
+
     show_report(api.drop(path, patterns, weights=weights, **write), json_out)

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api
 from ckpt_tool.cli.common import InputArg, JsonOpt, WeightsOpt, boundary, show_report
 from ckpt_tool.errors import CheckFailed
 
@@ -104,6 +103,8 @@ def smoke_train_cmd(
 
     Example: ckpt smoke-train model.pth --arch resnet34 --num-classes 4 --input-shape 3,64,64
     """
+    from ckpt_tool import api
+
     result = api.smoke_train(
         path, arch, arch_args=arch_arg or [], num_classes=num_classes, in_chans=in_chans,
         input_shape=input_shape, task=task.value, batch_size=batch_size, steps=steps, lr=lr,

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool import api
-from ckpt_tool.api import DEFAULT_MIN_COVERAGE, WriteArgs
 from ckpt_tool.cli.common import InputArg, boundary, show_report, write_command
+from ckpt_tool.output.options import DEFAULT_MIN_COVERAGE, WriteArgs
 
 from .archs_cmd import ArchArgOpt, InChansOpt, IntoOpt, NumClassesOpt
 
@@ -104,6 +103,8 @@ def transplant(
 
     Example: ckpt transplant vit224.pth --into timm/vit_small_patch16_224 --arch-arg img_size=384
     """
+    from ckpt_tool import api
+
     report = api.transplant(
         path, into, arch_args=arch_arg or [], num_classes=num_classes, in_chans=in_chans,
         maps=maps or [], match=match.value, init=init.value, seed=seed, keep_dtype=keep_dtype,

@@ -26,6 +26,7 @@ from ckpt_tool.errors import OutputRefused, UsageError
 from ckpt_tool.formats.writer import Sources, output_format, storage_backed
 
 from .naming import cache_note, is_folder_output, resolve_output
+from .options import WriteOptions
 from .report import WriteReport
 
 
@@ -53,18 +54,6 @@ class WritePlan:
             with contextlib.suppress(Exception):
                 close()
         self.closers.clear()
-
-
-@dataclass
-class WriteOptions:
-    """Where and how: the options every write command shares."""
-
-    output: Path | None = None
-    force: bool = False
-    in_place: bool = False
-    dry_run: bool = False
-    verify: bool = True
-    keep_device: bool = False
 
 
 def default_ext(ckpt: Checkpoint) -> str | None:

@@ -1,13 +1,12 @@
-"""The only place that prints: rich tables, trees and bars for people, JSON for programs."""
+"""Tables, trees, bars and colours for people (rich); imported by `ckpt_tool.render` on
+first use, so JSON output and error lines never pay for rich."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,10 +14,11 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from .inspection import ModuleNode
-from .output.report import WriteReport
+from ckpt_tool.render import _CONTROL, error, human_bytes
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+if TYPE_CHECKING:
+    from ckpt_tool.inspection import ModuleNode
+    from ckpt_tool.output.report import WriteReport
 
 
 # Piped output gets a fixed, wide layout instead of rich's 80-column default.
@@ -43,30 +43,9 @@ def safe(text: object) -> str:
     return escape(cleaned)
 
 
-def print_json(data: Any) -> None:
-    """One JSON document on stdout, nothing else."""
-    # No indent: json's C encoder is several times faster on reports with thousands of keys.
-    sys.stdout.write(json.dumps(data, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def error(message: str) -> None:
-    """One line on stderr."""
-    line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message)
-    sys.stderr.write(f"error: {line}\n")
-    sys.stderr.flush()
-
-
 def warn(message: str) -> None:
+    """A warning line on a terminal's stderr, in colour."""
     err.print(f"[yellow]warning:[/] {safe(message)}")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def human_count(n: int) -> str:
@@ -993,44 +972,3 @@ def read_report(command: str, data: dict[str, Any]) -> None:
         "archs": lambda d: arch_list(d, None),
     }
     renderers[command](data)
-
-
-class ProgressLine:
-    """One self-overwriting stderr line per task ("writing  42% 512 MB / 1.2 GB"), at most
-    ten redraws a second, erased when the task ends."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-        self.shown = False
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        import time
-
-        now = time.monotonic()
-        finished = done >= total
-        if not finished and self.shown and now - self.last < 0.1:
-            return
-        self.last = now
-        if finished:
-            if self.shown:
-                sys.stderr.write("\r\x1b[K")
-                sys.stderr.flush()
-            self.shown = False
-            return
-        pct = f"{100 * done / total:3.0f}%" if total else ""
-        amount = (
-            f"{human_bytes(done)} / {human_bytes(total)}"
-            if what in ("writing", "reading", "casting")
-            else f"{done:,} / {total:,}"
-        )
-        sys.stderr.write(f"\r\x1b[K{_CONTROL.sub('?', what)}  {pct} {amount}")
-        sys.stderr.flush()
-        self.shown = True
-
-
-def progress_sink(json_out: bool) -> ProgressLine | None:
-    """The progress display for a command: on stderr when it is a terminal, never with
-    --json or when CKPT_NO_PROGRESS is set."""
-    if json_out or os.environ.get("CKPT_NO_PROGRESS") or not sys.stderr.isatty():
-        return None
-    return ProgressLine()

@@ -1,25 +1,15 @@
-"""The library API: one function per `ckpt` command, returning its typed report.
-
-Each function does what the command does, prints nothing and raises the CkptError family
-(each with its exit code) instead of exiting. Write commands take the shared options as
-keywords: `output`, `force`, `in_place`, `dry_run`, `verify`, `keep_device`.
-
-    import ckpt_tool
-    report = ckpt_tool.strip_module("model.pth", output="clean.pth")
-    report.output, report.verified, report.to_json()
-"""
+"""The write commands as functions: each builds a WritePlan and hands it to output.write."""
 
 from __future__ import annotations
 
 import fnmatch
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 from ckpt_tool import progress
-from ckpt_tool.checkpoint import Checkpoint, load
+from ckpt_tool.checkpoint import Checkpoint
 from ckpt_tool.edit import (
     Output,
     apply_plan,
@@ -27,7 +17,6 @@ from ckpt_tool.edit import (
     rebuild,
     refuse_dangerous,
     refuse_drops,
-    refuse_rewrite,
     weight_items,
 )
 from ckpt_tool.errors import (
@@ -38,30 +27,19 @@ from ckpt_tool.errors import (
     UsageError,
     WeightsNotFound,
 )
-from ckpt_tool.output import Report, WriteOptions, WritePlan, WriteReport, write
 from ckpt_tool.output.naming import is_folder_output, resolve_output
-from ckpt_tool.output.write import unwritten
+from ckpt_tool.output.options import DEFAULT_MIN_COVERAGE, PathLike, WriteArgs, WriteOptions
+from ckpt_tool.output.report import WriteReport
+from ckpt_tool.output.write import WritePlan, unwritten, write
 from ckpt_tool.surgery.rename import RenamePlan, add_plan, regex_plan, strip_plan
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ckpt_tool.casting import Casting
-    from ckpt_tool.inspection import ModuleNode
-    from ckpt_tool.scanning import ScanReport
-
-PathLike = str | Path
 
 
-class WriteArgs(TypedDict, total=False):
-    """The options every write command shares (`ckpt ... -o OUT --force --dry-run`)."""
-
-    output: PathLike | None
-    force: bool
-    in_place: bool
-    dry_run: bool
-    verify: bool
-    keep_device: bool
+from .read import loaded
 
 
 def write_options(args: WriteArgs) -> WriteOptions:
@@ -74,138 +52,6 @@ def write_options(args: WriteArgs) -> WriteOptions:
         verify=args.get("verify", True),
         keep_device=args.get("keep_device", False),
     )
-
-
-def _editable(path: PathLike, weights: str | None, rewrite: bool = True) -> Checkpoint:
-    """Load a checkpoint a write command may use: never a dangerous one."""
-    ckpt = load(Path(path), weights=weights)
-    refuse_dangerous(ckpt)
-    if rewrite:
-        refuse_rewrite(ckpt)
-    return ckpt
-
-
-# --- reading -----------------------------------------------------------------------------------
-
-
-@dataclass
-class InspectReport(Report):
-    """inspect's report, and what its tree view needs."""
-
-    checkpoint: Checkpoint | None = None
-    entries: list[Any] = field(default_factory=list)
-    stats: dict[str, Any] | None = None
-
-    def tree(self) -> ModuleNode:
-        from ckpt_tool.inspection import build_tree
-
-        assert self.checkpoint is not None
-        return build_tree(self.entries, self.checkpoint.modules)
-
-
-def inspect(
-    path: PathLike,
-    *,
-    filter: str | None = None,
-    stats: bool = False,
-    weights: str | None = None,
-) -> InspectReport:
-    """What a checkpoint holds, without loading tensor bytes or running its code.
-
-    exit_code is 3 (after the report) when the file is dangerous, as `scan` would say."""
-    from ckpt_tool.inspection import inspect_report, select, tensor_stats
-
-    ckpt = load(Path(path), weights=weights)
-    data = inspect_report(ckpt, filter)
-    entries = select(ckpt.tensors, filter)
-    values = tensor_stats(ckpt, entries) if stats and not ckpt.dangerous else None
-    if values is not None:
-        for t in data["tensors"]:
-            t["stats"] = values.get(t["key"])
-    report = InspectReport(
-        "inspect",
-        data,
-        exit_code=EXIT_CHECK_FAILED if ckpt.dangerous else 0,
-        dangerous=list(ckpt.dangerous),
-        checkpoint=ckpt,
-        entries=entries,
-        stats=values,
-    )
-    if filter is not None and not entries:
-        report.warnings.append(f"no key matches {filter!r}")
-    return report
-
-
-def count(
-    path: PathLike | None = None,
-    *,
-    arch: str | None = None,
-    arch_args: Sequence[str] = (),
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    depth: int = 1,
-    weights: str | None = None,
-) -> Report:
-    """Parameters trainable and frozen (as recorded), buffers, bytes, per module; with arch,
-    of the built model after applying the file's freeze state."""
-    from ckpt_tool.apply import count_checkpoint, count_model
-
-    if path is None and arch is None:
-        raise UsageError("give a checkpoint, --arch ARCH, or both")
-    if arch is None and (arch_args or num_classes is not None or in_chans is not None):
-        raise UsageError("--arch-arg, --num-classes and --in-chans need --arch")
-    if depth < 1:
-        raise UsageError(f"--depth {depth}: give 1 or more")
-    ckpt = load(Path(path), weights=weights) if path is not None else None
-    if arch is not None:
-        from ckpt_tool import archs
-
-        built = archs.construct(arch, archs.parse_arch_args(list(arch_args)), num_classes, in_chans)
-        data = count_model(built.model, built.spec.label, ckpt, depth)
-        data["notes"] = built.notes + data["notes"]
-    else:
-        assert ckpt is not None
-        data = count_checkpoint(ckpt, depth)
-    # counting reads only records (nothing runs), but a hostile file must not look clean
-    dangerous = list(ckpt.dangerous) if ckpt is not None else []
-    data["dangerous"] = dangerous
-    return Report("count", data, EXIT_CHECK_FAILED if dangerous else 0, dangerous=dangerous)
-
-
-def scan(
-    paths: PathLike | Sequence[PathLike], *, strict: bool = False, crc: bool = False
-) -> ScanReport:
-    """Judge every pickle of files and folders as torch.load would read it, running none."""
-    from ckpt_tool.scanning import scan_paths
-
-    items = [paths] if isinstance(paths, str | Path) else list(paths)
-    return scan_paths([Path(p) for p in items], strict=strict, check_crc=crc)
-
-
-def diff(
-    a: PathLike,
-    b: PathLike,
-    *,
-    atol: float = 0.0,
-    rtol: float = 0.0,
-    depth: int = 1,
-    weights: str | None = None,
-    weights_b: str | None = None,
-) -> Report:
-    """Compare the weights of two checkpoints; exit_code 3 when they differ."""
-    from ckpt_tool.compare import diff as compare
-
-    ca = _editable(a, weights, rewrite=False)
-    cb = _editable(b, weights_b if weights_b is not None else weights, rewrite=False)
-    result = compare(ca, cb, atol=atol, rtol=rtol, depth=depth)
-    return Report("diff", result.as_dict(), 0 if result.identical else EXIT_CHECK_FAILED)
-
-
-def archs(filter: str | None = None) -> Report:
-    """The architectures --into/--arch accept here: seed models, torchvision, timm."""
-    from ckpt_tool.archs import available
-
-    return Report("archs", available(filter))
 
 
 # --- key surgery -------------------------------------------------------------------------------
@@ -232,7 +78,7 @@ def strip_module(
     **options: Unpack[WriteArgs],
 ) -> WriteReport:
     """Remove DataParallel/DDP `module.` (and torch.compile `_orig_mod.`) from every key."""
-    ckpt = _editable(path, weights)
+    ckpt = loaded(path, weights)
     plan = strip_plan([k for k, _ in weight_items(ckpt)], prefix, partial, ckpt.framework)
     return write(
         WritePlan("strip-module", ckpt, apply_plan(ckpt, plan), "stripped", _rename_details(plan)),
@@ -248,7 +94,7 @@ def add_module(
     **options: Unpack[WriteArgs],
 ) -> WriteReport:
     """Add `module.` (or prefix) to every key, to load into a DataParallel/DDP model."""
-    ckpt = _editable(path, weights)
+    ckpt = loaded(path, weights)
     plan = add_plan([k for k, _ in weight_items(ckpt)], prefix or "module.")
     out = apply_plan(ckpt, plan, add_root=True)
     return write(
@@ -265,7 +111,7 @@ def rename(
     **options: Unpack[WriteArgs],
 ) -> WriteReport:
     """Rename keys with regular expressions ('REGEX=REPLACEMENT'), applied in order."""
-    ckpt = _editable(path, weights)
+    ckpt = loaded(path, weights)
     plan = regex_plan([k for k, _ in weight_items(ckpt)], list(maps))
     return write(
         WritePlan("rename", ckpt, apply_plan(ckpt, plan), "renamed", _rename_details(plan)),
@@ -306,7 +152,7 @@ def extract(
     **options: Unpack[WriteArgs],
 ) -> WriteReport:
     """Only the weights, as a bare state_dict (optimizer, epoch ... dropped and listed)."""
-    ckpt = _editable(path, weights, rewrite=False)
+    ckpt = loaded(path, weights, rewrite=False)
     items = weight_items(ckpt)
     left_out: list[str] = []
     if keep:
@@ -353,7 +199,7 @@ def drop(
     **options: Unpack[WriteArgs],
 ) -> WriteReport:
     """Remove weights by glob, or training-checkpoint entries by name; keep the rest."""
-    ckpt = _editable(path, weights)
+    ckpt = loaded(path, weights)
     entries = [str(k) for k in ckpt.root] if ckpt.layout == "training" else []
     items = weight_items(ckpt)
     gone_entries: list[str] = []
@@ -434,7 +280,7 @@ def freeze(
 
     if mode not in ("freeze", "unfreeze", "only"):
         raise UsageError(f"mode {mode!r}: use freeze, unfreeze or only")
-    ckpt = _editable(path, weights)
+    ckpt = loaded(path, weights)
     params, others = parameter_state(ckpt)
     plan = plan_freeze(
         params,
@@ -562,7 +408,7 @@ def cast(
     integers, bools and everything else survive."""
     from ckpt_tool.casting import insert_after, replace_items
 
-    ckpt = _editable(path, weights)
+    ckpt = loaded(path, weights)
     casting = _casting(ckpt, dtype, keep, keep_norm, strict, fp8_scale)
     with casting.reader:
         _refuse_no_change(ckpt, casting)
@@ -603,7 +449,7 @@ def convert(
     from ckpt_tool.formats.writer import output_format
 
     target = Path(output)
-    ckpt = _editable(path, weights, rewrite=False)
+    ckpt = loaded(path, weights, rewrite=False)
     if not ckpt.tensors:
         what = ", ".join(list(ckpt.extras)[:4]) or "nothing"
         raise SurgeryError(f"{ckpt.path}: holds no tensors (it holds {what}); nothing to convert")
@@ -681,7 +527,7 @@ def merge_lora(
     from ckpt_tool.casting import replace_items
     from ckpt_tool.lora import load_adapter, plan_merge, prepare, scale_option
 
-    ckpt = _editable(base, weights)
+    ckpt = loaded(base, weights)
     adapter_ckpt, cfg = load_adapter(Path(adapter), Path(config) if config else None)
     refuse_dangerous(adapter_ckpt)
     merge = plan_merge(ckpt.tensors, adapter_ckpt.tensors, cfg, scale_option(scale))
@@ -717,7 +563,7 @@ def average(
     from ckpt_tool.compare import average as plan_average
     from ckpt_tool.compare import parse_coef
 
-    ckpts = [_editable(p, weights, rewrite=False) for p in paths]
+    ckpts = [loaded(p, weights, rewrite=False) for p in paths]
     if coef is None or isinstance(coef, str):
         weights_per_file = parse_coef(coef, len(ckpts))
     else:
@@ -749,7 +595,6 @@ def average(
 # --- transplant and smoke-train ----------------------------------------------------------------
 
 WARN_UNDER_PCT = 50.0
-DEFAULT_MIN_COVERAGE = 1.0  # copying nothing is a failure; a head swap copies far more
 
 
 def transplant(
@@ -781,7 +626,7 @@ def transplant(
     if match not in ("exact", "suffix"):
         raise UsageError(f"match {match!r}: use exact or suffix")
     opts = write_options(options)
-    ckpt = _editable(path, weights, rewrite=False)
+    ckpt = loaded(path, weights, rewrite=False)
     if not ckpt.tensors:
         raise WeightsNotFound(
             f"{ckpt.path}: no tensors to transplant (layout {ckpt.layout}); pass a checkpoint "
@@ -835,69 +680,3 @@ def transplant(
             f"--min-coverage {WARN_UNDER_PCT:g} makes this an error)"
         )
     return write(write_plan, opts)
-
-
-def smoke_train(
-    path: PathLike,
-    arch: str,
-    *,
-    arch_args: Sequence[str] = (),
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    input_shape: str | tuple[int, ...] | None = None,
-    task: str = "classification",
-    batch_size: int = 8,
-    steps: int = 20,
-    lr: float | None = None,
-    optimizer: str = "adam",
-    lr_for: Sequence[str] = (),
-    scheduler: str | None = None,
-    step_size: int = 10,
-    gamma: float = 0.1,
-    amp: str | None = None,
-    nproc: int = 1,
-    seed: int = 0,
-    weights: str | None = None,
-) -> Report:
-    """Load a checkpoint strictly into arch and train a few steps on a fixed batch; the
-    report's exit_code is 3 when a check failed (data['failed'] names them)."""
-    from ckpt_tool.archs import parse_arch_args
-    from ckpt_tool.train import SmokeConfig, parse_input_shape
-    from ckpt_tool.train import smoke_train as run
-
-    shape = parse_input_shape(input_shape) if isinstance(input_shape, str) else input_shape
-    cfg = SmokeConfig(
-        path=str(path), arch=arch, arch_args=parse_arch_args(list(arch_args)),
-        num_classes=num_classes, in_chans=in_chans, weights=weights,
-        input_shape=tuple(shape) if shape else None, task=task, batch_size=batch_size,
-        steps=steps, lr=lr, optimizer=optimizer, seed=seed, lr_for=list(lr_for),
-        scheduler=scheduler, step_size=step_size, gamma=gamma, amp=amp, nproc=nproc,
-    )  # fmt: skip
-    data = run(cfg)
-    return Report("smoke-train", data, 0 if data["ok"] else EXIT_CHECK_FAILED)
-
-
-__all__ = [
-    "DEFAULT_MIN_COVERAGE",
-    "InspectReport",
-    "Report",
-    "WriteArgs",
-    "WriteReport",
-    "add_module",
-    "archs",
-    "average",
-    "cast",
-    "convert",
-    "count",
-    "diff",
-    "drop",
-    "extract",
-    "freeze",
-    "inspect",
-    "merge_lora",
-    "rename",
-    "scan",
-    "smoke_train",
-    "strip_module",
-    "transplant",
-]

@@ -1,0 +1,101 @@
+"""The only place that prints: JSON for programs, error and warning lines, the progress
+line; tables, trees and colours (rich) in `render.views`, imported on first use, so --json
+and error paths never import rich (about 50 ms)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Any
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout, nothing else."""
+    # No indent: json's C encoder is several times faster on reports with thousands of keys.
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str) -> None:
+    """One line on stderr."""
+    line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message)
+    sys.stderr.write(f"error: {line}\n")
+    sys.stderr.flush()
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (in colour on a terminal)."""
+    if sys.stderr.isatty():
+        from importlib import import_module
+
+        import_module(".views", __name__).warn(message)
+        return
+    line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message)
+    sys.stderr.write(f"warning: {line}\n")
+    sys.stderr.flush()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class ProgressLine:
+    """One self-overwriting stderr line per task ("writing  42% 512 MB / 1.2 GB"), at most
+    ten redraws a second, erased when the task ends."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        import time
+
+        now = time.monotonic()
+        finished = done >= total
+        if not finished and self.shown and now - self.last < 0.1:
+            return
+        self.last = now
+        if finished:
+            if self.shown:
+                sys.stderr.write("\r\x1b[K")
+                sys.stderr.flush()
+            self.shown = False
+            return
+        pct = f"{100 * done / total:3.0f}%" if total else ""
+        amount = (
+            f"{human_bytes(done)} / {human_bytes(total)}"
+            if what in ("writing", "reading", "casting")
+            else f"{done:,} / {total:,}"
+        )
+        sys.stderr.write(f"\r\x1b[K{_CONTROL.sub('?', what)}  {pct} {amount}")
+        sys.stderr.flush()
+        self.shown = True
+
+
+def progress_sink(json_out: bool) -> ProgressLine | None:
+    """The progress display for a command: on stderr when it is a terminal, never with
+    --json or when CKPT_NO_PROGRESS is set."""
+    if json_out or os.environ.get("CKPT_NO_PROGRESS") or not sys.stderr.isatty():
+        return None
+    return ProgressLine()
+
+
+def __getattr__(name: str) -> Any:
+    """Everything else (tables, trees, reports) from render.views, imported on first use."""
+    if name.startswith("__") or name == "views":  # the import system asking: not ours
+        raise AttributeError(name)
+    from importlib import import_module
+
+    views = import_module(".views", __name__)
+    try:
+        return getattr(views, name)
+    except AttributeError:
+        raise AttributeError(f"module 'ckpt_tool.render' has no attribute {name!r}") from None
