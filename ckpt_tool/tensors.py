@@ -249,6 +249,18 @@ def load_dcp_tensors(
     (which reassembles tensors sharded over many ranks' files), after our safety check.
     Only tensor items are read: torch's planner unpickles bytes items without restrictions."""
     import torch
+
+    state: dict[str, Any] = {
+        fqn: torch.empty(shape, dtype=torch_dtype(dtype)) for fqn, (shape, dtype) in wanted.items()
+    }
+    load_dcp_into(folder, state, distributed=False)
+    return state
+
+
+def load_dcp_into(folder: Path, state: dict[str, Any], distributed: bool = True) -> None:
+    """Fill tensors (FSDP2 DTensor shards too) in place from a DCP folder by FQN, through
+    torch's reader and planner after our safety check; distributed, each rank reads only the
+    chunks its tensors overlap (all ranks call it together)."""
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
@@ -259,19 +271,15 @@ def load_dcp_tensors(
             f"{folder}: {bad[0]} (dangerous content in the DCP folder); refused "
             "(run `ckpt scan` on it)"
         )
-    state: dict[str, Any] = {
-        fqn: torch.empty(shape, dtype=torch_dtype(dtype)) for fqn, (shape, dtype) in wanted.items()
-    }
     try:
         _load_state_dict(
             state,
             storage_reader=_metadata_reader(folder),
             planner=DefaultLoadPlanner(),
-            no_dist=True,
+            no_dist=not distributed,
         )
     except Exception as exc:  # torch's reader raises many types for a damaged folder
         raise UnreadableCheckpoint(f"{folder}: DCP data could not be read ({exc})") from None
-    return state
 
 
 _READERS: dict[tuple[Any, ...], Any] = {}

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import math
 import os
 import re
 import socket
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +23,7 @@ from ckpt_tool.apply import AppliedFreeze, apply_freeze
 from ckpt_tool.archs import Built, construct, declared_image_size
 from ckpt_tool.checkpoint import Checkpoint, load
 from ckpt_tool.edit import refuse_dangerous
-from ckpt_tool.errors import CkptError, UsageError, WeightsNotFound
+from ckpt_tool.errors import UsageError, WeightsNotFound
 from ckpt_tool.formats.raw import tensor_bytes
 from ckpt_tool.surgery.prefixes import detect_prefix
 
@@ -69,6 +67,8 @@ class SmokeConfig:
     gamma: float = 0.1
     amp: str | None = None  # None | fp16 | bf16
     nproc: int = 1
+    fsdp: bool = False  # shard with FSDP2 (fully_shard) instead of DDP
+    save_dcp: str | None = None  # folder for the trained state, written by every rank
 
 
 @dataclass
@@ -173,12 +173,12 @@ def _few(items: list[Any], n: int = 3) -> str:
     return shown + (f" … (+{len(items) - n})" if len(items) > n else "")
 
 
-def prepare(cfg: SmokeConfig, ckpt: Checkpoint | None = None) -> Prepared:
-    """Build the architecture (seeded), load the checkpoint strictly, apply its freeze state."""
-
-    from ckpt_tool.tensors import TensorReader
-
-    ckpt = ckpt or open_checkpoint(cfg)
+def plan_load(
+    cfg: SmokeConfig, ckpt: Checkpoint
+) -> tuple[Built, dict[str, Any], str, Check | None, list[str]]:
+    """Build the architecture (seeded) and match the file's keys to its state_dict: the
+    model, model key -> entry, the prefix removed, a failed loads_strictly check or None,
+    notes."""
     built = construct(cfg.arch, cfg.arch_args, cfg.num_classes, cfg.in_chans, cfg.seed)
     model = built.model
     found = detect_prefix(ckpt.tensors)
@@ -192,10 +192,23 @@ def prepare(cfg: SmokeConfig, ckpt: Checkpoint | None = None) -> Prepared:
     notes = list(built.notes)
     if prefix:
         notes.append(f"prefix {prefix!r} removed from every key")
+    failed = None
     if any(diff.values()):
         parts = [f"{name.replace('_', ' ')}: {_few(v)}" for name, v in diff.items() if v]
-        check = Check("loads_strictly", False, "; ".join(parts))
-        return Prepared(ckpt, built, prefix, check, notes=notes)
+        failed = Check("loads_strictly", False, "; ".join(parts))
+    return built, entries, prefix, failed, notes
+
+
+def prepare(cfg: SmokeConfig, ckpt: Checkpoint | None = None) -> Prepared:
+    """Build the architecture (seeded), load the checkpoint strictly, apply its freeze state."""
+    from ckpt_tool.tensors import TensorReader
+
+    ckpt = ckpt or open_checkpoint(cfg)
+    built, entries, prefix, failed, notes = plan_load(cfg, ckpt)
+    if failed is not None:
+        return Prepared(ckpt, built, prefix, failed, notes=notes)
+    model = built.model
+    own = model.state_dict()
     state: dict[str, torch.Tensor] = {}
     cast = 0
     with TensorReader(ckpt) as reader:
@@ -321,26 +334,65 @@ def check_gradients(
 ) -> tuple[Check, dict[str, list[str]]]:
     """Trainable parameters got non-zero gradients and changed; frozen ones stayed bit-identical
     and got no gradient; buffers of BatchNorm layers kept in eval are unchanged."""
+    changed = {n: not same_bits(before[n], after[n]) for n in before}
+    bn_b, bn_a = bn_before or {}, bn_after or {}
+    bn_changed = {n: not same_bits(bn_b[n], bn_a[n]) for n in bn_b}
+    return gradient_check(trainable, changed, got_grad, nonzero_grad, bn_changed)
+
+
+def gradient_check(
+    trainable: list[str],
+    changed: dict[str, bool],
+    got_grad: dict[str, bool],
+    nonzero_grad: dict[str, bool],
+    bn_changed: dict[str, bool],
+) -> tuple[Check, dict[str, list[str]]]:
+    """The gradients_flow check from what happened to each parameter (every name in changed)."""
     train = set(trainable)
     problems: dict[str, list[str]] = {
         "no_gradient": [n for n in trainable if not nonzero_grad.get(n, False)],
-        "unchanged": [n for n in trainable if same_bits(before[n], after[n])],
-        "frozen_changed": [
-            n for n in before if n not in train and not same_bits(before[n], after[n])
-        ],
-        "frozen_got_gradient": [n for n in before if n not in train and got_grad.get(n, False)],
-        "bn_eval_stats_changed": [
-            n for n in (bn_before or {}) if not same_bits((bn_before or {})[n], (bn_after or {})[n])
-        ],
-    }  # fmt: skip
-    frozen = len(before) - len(train)
+        "unchanged": [n for n in trainable if not changed[n]],
+        "frozen_changed": [n for n in changed if n not in train and changed[n]],
+        "frozen_got_gradient": [n for n in changed if n not in train and got_grad.get(n, False)],
+        "bn_eval_stats_changed": [n for n, c in bn_changed.items() if c],
+    }
+    frozen = len(changed) - len(train)
     if not any(problems.values()):
         detail = f"{len(train)} trainable changed, {frozen} frozen identical"
-        if bn_before:
-            detail += f", {len(bn_before)} eval BatchNorm buffers unchanged"
+        if bn_changed:
+            detail += f", {len(bn_changed)} eval BatchNorm buffers unchanged"
         return Check("gradients_flow", True, detail), problems
     parts = [f"{k.replace('_', ' ')}: {_few(v)}" for k, v in problems.items() if v]
     return Check("gradients_flow", False, "; ".join(parts)), problems
+
+
+def local_view(t: Any) -> Any:
+    """This rank's part of a tensor: the local shard of an FSDP2 DTensor, else the tensor."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def _all_ranks_ok(ok: bool, world: int, device: Any) -> bool:
+    """Whether every rank says ok (all ranks call this together); True alone."""
+    if world == 1:
+        return ok
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _merge_flags(flags: list[dict[str, bool]], world: int) -> list[dict[str, bool]]:
+    """Per-name flags OR-ed over every rank (all ranks call this together)."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, flags)
+    return [
+        {n: any(g[i].get(n, False) for g in gathered) for n in flags[i]} for i in range(len(flags))
+    ]
 
 
 def checksum(t: torch.Tensor) -> str:
@@ -399,14 +451,23 @@ def _model_outputs(cfg: SmokeConfig, built: Built) -> int | None:
 
 
 def train(
-    cfg: SmokeConfig, prep: Prepared, rank: int = 0, world: int = 1, model: Any = None
+    cfg: SmokeConfig,
+    prep: Prepared,
+    rank: int = 0,
+    world: int = 1,
+    model: Any = None,
+    device: Any = None,
+    sharded: bool = False,
 ) -> dict[str, Any]:
     """Train cfg.steps steps on this rank's shard of the fixed synthetic batch; run the checks.
 
     `model` is the module to call (a DDP wrapper in distributed runs); the checks look at
-    prep.built.model, the module underneath.
+    prep.built.model, the module underneath. `sharded` (FSDP2): each rank sees only its
+    slices of the parameters, so the gradient checks combine every rank's view.
     """
     import torch
+
+    device = device if device is not None else torch.device("cpu")
 
     inner = prep.built.model
     model = model if model is not None else inner
@@ -417,7 +478,7 @@ def train(
             "give --input-shape, e.g. 3,224,224"
         )
     x_all, gen = synthetic_batch(shape, cfg.batch_size, cfg.seed)
-    x = x_all[rank::world]
+    x = x_all[rank::world].to(device)
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
     named = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
     groups, group_summary = param_groups(named, lr, parse_lr_for(cfg.lr_for))
@@ -439,7 +500,7 @@ def train(
             raise UsageError(f"--amp fp16 is not supported by this torch on CPU ({exc})") from None
 
     trainable = [n for n, _ in named]
-    before = {n: p.detach().clone() for n, p in inner.named_parameters()}
+    before = {n: local_view(p).detach().clone() for n, p in inner.named_parameters()}
     bn_paths = prep.applied.bn_eval if prep.applied else []
     modules = dict(inner.named_modules())
 
@@ -460,15 +521,19 @@ def train(
     targets: torch.Tensor | None = None
     n_out: int | None = None
     outputs = _model_outputs(cfg, prep.built)
+    peer_failed = False
     model.train()
     for _ in range(cfg.steps):
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=bool(amp_dtype)):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.bfloat16, enabled=bool(amp_dtype)
+        ):
+            first = forward is None
             try:
                 out = model(x)
             except Exception as exc:
-                if forward is not None:
+                if not first:
                     raise
                 text = (str(exc).strip().splitlines() or [""])[0]
                 forward = Check(
@@ -477,13 +542,19 @@ def train(
                     f"the forward pass on {[x.shape[0], *shape]} raised "
                     f"{type(exc).__name__}: {text} (check --input-shape)",
                 )
-                break
-            if forward is None:
-                forward = check_forward(out, x.shape[0], outputs)
+            if first:
+                if forward is None:
+                    forward = check_forward(out, x.shape[0], outputs)
+                # ranks stop together: one rank leaving the loop alone would hang the others
+                peers_ok = _all_ranks_ok(bool(forward.ok), world, device)
                 if not forward.ok:
+                    break
+                if not peers_ok:
+                    peer_failed = True
                     break
                 n_out = int(out.shape[1])
                 targets = make_targets(cfg.task, cfg.batch_size, n_out, gen)[rank::world]
+                targets = targets.to(device)
             assert targets is not None
             if cfg.task == "classification":
                 loss = torch.nn.functional.cross_entropy(out.float(), targets)
@@ -496,7 +567,7 @@ def train(
         for n, p in inner.named_parameters():
             if p.grad is not None:
                 got_grad[n] = True
-                if not nonzero[n] and bool(p.grad.detach().ne(0).any()):
+                if not nonzero[n] and bool(local_view(p.grad).detach().ne(0).any()):
                     nonzero[n] = True
         if optimizer is not None:
             lrs.append(float(optimizer.param_groups[-1]["lr"]))
@@ -518,14 +589,22 @@ def train(
             progress.report(f"training, loss {losses[-1]:.4g}", len(losses), cfg.steps)
     progress.report("training", cfg.steps, cfg.steps)
     assert forward is not None
-    after = {n: p.detach().clone() for n, p in inner.named_parameters()}
+    after = {n: local_view(p).detach().clone() for n, p in inner.named_parameters()}
     checks = [prep.load_check, forward]
     problems: dict[str, list[str]] = {}
-    if forward.ok:
+    if peer_failed:
+        for name in ("loss_decreases", "gradients_flow"):
+            checks.append(Check(name, None, "not run: the forward pass failed on another rank"))
+    elif forward.ok:
         checks.append(check_loss(losses))
-        grad_check, problems = check_gradients(
-            before, after, trainable, got_grad, nonzero, bn_before, bn_state()
-        )
+        changed = {n: not same_bits(before[n], after[n]) for n in before}
+        bn_after = bn_state()
+        bn_changed = {n: not same_bits(bn_before[n], bn_after[n]) for n in bn_before}
+        if sharded:  # a slice can be empty or unchanged on one rank: any rank decides
+            changed, got_grad, nonzero, bn_changed = _merge_flags(
+                [changed, got_grad, nonzero, bn_changed], world
+            )
+        grad_check, problems = gradient_check(trainable, changed, got_grad, nonzero, bn_changed)
         checks.append(grad_check)
     else:
         checks.append(Check("loss_decreases", None, "not run: the forward pass failed"))
@@ -542,7 +621,9 @@ def train(
         "problems": problems,
         "trainable": len(trainable),
         "frozen": len(before) - len(trainable),
-        "checksums": {n: checksum(t) for n, t in after.items()} if world > 1 else None,
+        "checksums": {n: checksum(t) for n, t in after.items()}
+        if world > 1 and not sharded
+        else None,
     }
 
 
@@ -555,70 +636,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, cfg: SmokeConfig, port: int, result_dir: str) -> None:
-    """One DDP rank on gloo: prepare, train its shard, gather checksums; rank 0 writes."""
-    import datetime
-
-    import torch
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.nproc))
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=cfg.nproc, timeout=datetime.timedelta(seconds=60)
-    )
-    try:
-        prep = prepare(cfg)
-        ddp = DistributedDataParallel(prep.built.model)
-        result = train(cfg, prep, rank, cfg.nproc, model=ddp)
-        gathered: list[Any] = [None] * cfg.nproc
-        dist.all_gather_object(gathered, result.pop("checksums"))
-        if rank == 0:
-            result["checks"].append(asdict(check_ranks(gathered)))
-            tmp = os.path.join(result_dir, "rank0.json.tmp")
-            with open(tmp, "w") as f:
-                json.dump(result, f)
-            os.replace(tmp, os.path.join(result_dir, "rank0.json"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def train_distributed(cfg: SmokeConfig) -> dict[str, Any]:
-    """The same check under DistributedDataParallel on gloo, cfg.nproc local processes."""
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory(prefix="ckpt-smoke-") as tmp:
-        try:
-            mp.spawn(  # type: ignore[attr-defined,no-untyped-call]
-                _worker, args=(cfg, free_port(), tmp), nprocs=cfg.nproc, join=True
-            )
-        except Exception as exc:
-            text = str(exc).strip().splitlines()
-            last = next((ln for ln in reversed(text) if ln.strip()), type(exc).__name__)
-            raise CkptError(f"distributed smoke-train failed: {last.strip()}") from None
-        path = os.path.join(tmp, "rank0.json")
-        if not os.path.exists(path):
-            raise CkptError("distributed smoke-train failed: rank 0 wrote no result")
-        with open(path) as f:
-            result: dict[str, Any] = json.load(f)
-    return result
-
-
 # --- the whole run --------------------------------------------------------------------------------
 
 
-def smoke_train(cfg: SmokeConfig) -> dict[str, Any]:
-    """Run every check; returns the report (the caller decides the exit code from `ok`)."""
-    import torch
-
-    validate(cfg)
-    ckpt = open_checkpoint(cfg)
-    torch.manual_seed(cfg.seed)
-    prep = prepare(cfg, ckpt)
-    report: dict[str, Any] = {
+def report_header(cfg: SmokeConfig, prep: Prepared) -> dict[str, Any]:
+    """What every smoke-train report starts with: input, architecture, freeze state, config."""
+    ckpt = prep.ckpt
+    return {
         "command": "smoke-train",
         "input": str(ckpt.path),
         "format": ckpt.format,
@@ -636,23 +660,55 @@ def smoke_train(cfg: SmokeConfig) -> dict[str, Any]:
             "scheduler": cfg.scheduler,
             "step_size": cfg.step_size if cfg.scheduler else None,
             "gamma": cfg.gamma if cfg.scheduler else None,
-            "amp": cfg.amp, "nproc": cfg.nproc,
+            "amp": cfg.amp, "nproc": cfg.nproc, "fsdp": cfg.fsdp,
         },
         "notes": prep.notes,
     }  # fmt: skip
-    if not prep.load_check.ok:
-        skipped = "not run: the checkpoint does not load strictly"
-        names = [c for c in CHECKS if cfg.nproc > 1 or c != "ranks_agree"][1:]
-        report.update(
-            checks=[asdict(prep.load_check)] + [asdict(Check(n, None, skipped)) for n in names],
-            losses=[],
-            lrs=[],
-        )
-    elif cfg.nproc > 1:
-        report.update(train_distributed(cfg))
+
+
+def not_run(cfg: SmokeConfig, prep: Prepared, distributed: bool) -> dict[str, Any]:
+    """The checks when the checkpoint does not load strictly: that one failed, the rest not run."""
+    skipped = "not run: the checkpoint does not load strictly"
+    names = [c for c in CHECKS if distributed or c != "ranks_agree"][1:]
+    return {
+        "checks": [asdict(prep.load_check)] + [asdict(Check(n, None, skipped)) for n in names],
+        "losses": [],
+        "lrs": [],
+    }
+
+
+def smoke_train(cfg: SmokeConfig) -> dict[str, Any]:
+    """Run every check; returns the report (the caller decides the exit code from `ok`).
+
+    One process, or distributed (DDP, or FSDP2 with `fsdp`) when launched by torchrun, with
+    `nproc > 1`, or for `fsdp` / `save_dcp` (then on `nproc` ranks of our own launch)."""
+    import torch
+
+    from ckpt_tool import train_dist
+
+    validate(cfg)
+    if train_dist.launched() or cfg.nproc > 1 or cfg.fsdp or cfg.save_dcp:
+        train_dist.refuse_existing_dcp(cfg.save_dcp)
+        if train_dist.launched():
+            world = int(os.environ["WORLD_SIZE"])
+            if cfg.nproc not in (1, world):
+                raise UsageError(
+                    f"--nproc {cfg.nproc} under torchrun, which started {world} processes; "
+                    "drop --nproc (torchrun decides the ranks)"
+                )
+            report = train_dist.run_rank(cfg)
+        else:
+            report = train_dist.launch(cfg)
     else:
+        ckpt = open_checkpoint(cfg)
         torch.manual_seed(cfg.seed)
-        report.update(train(cfg, prep))
+        prep = prepare(cfg, ckpt)
+        report = report_header(cfg, prep)
+        if not prep.load_check.ok:
+            report.update(not_run(cfg, prep, distributed=False))
+        else:
+            torch.manual_seed(cfg.seed)
+            report.update(train(cfg, prep))
     report.pop("checksums", None)
     report["ok"] = all(c["ok"] for c in report["checks"])
     report["failed"] = [c["name"] for c in report["checks"] if c["ok"] is False]

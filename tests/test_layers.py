@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "seed_models",
             "scanning",
             "train",
+            "train_dist",
         ),
     ),
     ("output", ("output",)),

@@ -170,6 +170,8 @@ def smoke_train(
     nproc: int = 1,
     seed: int = 0,
     weights: str | None = None,
+    fsdp: bool = False,
+    save_dcp: PathLike | None = None,
 ) -> Report:
     """Load a checkpoint strictly into arch and train a few steps on a fixed batch; the
     report's exit_code is 3 when a check failed (data['failed'] names them)."""
@@ -184,6 +186,7 @@ def smoke_train(
         input_shape=tuple(shape) if shape else None, task=task, batch_size=batch_size,
         steps=steps, lr=lr, optimizer=optimizer, seed=seed, lr_for=list(lr_for),
         scheduler=scheduler, step_size=step_size, gamma=gamma, amp=amp, nproc=nproc,
+        fsdp=fsdp, save_dcp=str(save_dcp) if save_dcp is not None else None,
     )  # fmt: skip
     data = run(cfg)
     return Report("smoke-train", data, 0 if data["ok"] else EXIT_CHECK_FAILED)

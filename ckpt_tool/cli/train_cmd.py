@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from typing import Annotated
 
 import typer
 
+from ckpt_tool import render
 from ckpt_tool.cli.common import InputArg, JsonOpt, WeightsOpt, boundary, show_report
 from ckpt_tool.errors import CheckFailed
+from ckpt_tool.train_dist import reporting_rank
 
 from .archs_cmd import ArchArgOpt, InChansOpt, IntoOpt, NumClassesOpt
 
@@ -92,6 +95,24 @@ def smoke_train_cmd(
             "that every rank ends with the same parameters.",
         ),
     ] = 1,
+    fsdp: Annotated[
+        bool,
+        typer.Option(
+            "--fsdp",
+            help="Shard the model with FSDP2 (fully_shard over a device mesh) instead of DDP; "
+            "each rank reads only its slices of the checkpoint. Runs on --nproc ranks, or on "
+            "the ranks torchrun started.",
+        ),
+    ] = False,
+    save_dcp: Annotated[
+        str | None,
+        typer.Option(
+            "--save-dcp",
+            metavar="DIR",
+            help="After the steps, write the trained model state with DCP from every rank "
+            "(a folder `ckpt inspect` / `ckpt convert` read back).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the model and the batch.")] = 0,
     weights: WeightsOpt = None,
     json_out: JsonOpt = False,
@@ -110,12 +131,15 @@ def smoke_train_cmd(
         input_shape=input_shape, task=task.value, batch_size=batch_size, steps=steps, lr=lr,
         optimizer=optimizer.value, lr_for=lr_for or [], seed=seed,
         scheduler=scheduler.value if scheduler else None, step_size=step_size, gamma=gamma,
-        amp=amp.value if amp else None, nproc=nproc, weights=weights,
+        amp=amp.value if amp else None, nproc=nproc, weights=weights, fsdp=fsdp,
+        save_dcp=save_dcp,
     )  # fmt: skip
+    failed = f"{result.data['input']}: smoke-train failed {', '.join(result.data['failed'])}"
+    if not reporting_rank():  # under torchrun rank 0 reports; every rank exits with the code
+        if result.exit_code:
+            render.error(f"{failed} (rank {os.environ.get('RANK')})")
+            raise typer.Exit(result.exit_code)
+        return
     if result.exit_code:
-        raise CheckFailed(
-            f"{result.data['input']}: smoke-train failed {', '.join(result.data['failed'])} "
-            "(see the report above)",
-            report=result,
-        )
+        raise CheckFailed(f"{failed} (see the report above)", report=result)
     show_report(result, json_out)

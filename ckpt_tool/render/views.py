@@ -902,6 +902,7 @@ def smoke_train_report(r: dict[str, Any]) -> None:
         + (f" lr {r['lr']:g}" if "lr" in r else "")
         + (f"  amp {cfg['amp']}" if cfg["amp"] else "")
         + (f"  nproc {cfg['nproc']}" if cfg["nproc"] > 1 else "")
+        + ("  FSDP2" if cfg.get("fsdp") else "")
     )
     fz = r["freeze"]
     if fz["recorded"]:
