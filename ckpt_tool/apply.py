@@ -22,6 +22,7 @@ from ckpt_tool.checkpoint import (
 from ckpt_tool.edit import Output, mark_bn_eval, rebuild, weight_items
 from ckpt_tool.errors import SurgeryError
 from ckpt_tool.formats.safe_pickle import TensorRecord, view_key
+from ckpt_tool.reports import CountFreeze, CountReport, FreezeDetails
 from ckpt_tool.surgery.freeze import CountRow, FreezePlan, bare, can_train
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ def report_prefix(ckpt: Checkpoint) -> str:
     return found.prefix or ("model." if found.lightning else "")
 
 
-def freeze_report(ckpt: Checkpoint, plan: FreezePlan) -> dict[str, Any]:
+def freeze_report(ckpt: Checkpoint, plan: FreezePlan) -> FreezeDetails:
     """What `ckpt freeze` changed, per top-level module and in total, as plain data."""
     from ckpt_tool.surgery.freeze import freeze_summary
 
@@ -253,7 +254,7 @@ def freeze_report(ckpt: Checkpoint, plan: FreezePlan) -> dict[str, Any]:
     }
 
 
-def count_checkpoint(ckpt: Checkpoint, depth: int = 1) -> dict[str, Any]:
+def count_checkpoint(ckpt: Checkpoint, depth: int = 1) -> CountReport:
     """`ckpt count` for a file: parameters trainable and frozen as recorded, buffers, bytes."""
     from ckpt_tool.surgery.freeze import count_report
 
@@ -278,14 +279,14 @@ def count_checkpoint(ckpt: Checkpoint, depth: int = 1) -> dict[str, Any]:
             "kinds_inferred": kinds_inferred(ckpt),
             "bn_eval": ckpt.bn_eval,
         },
-        **report,
+        **report,  # type: ignore[typeddict-item]  # mypy: optional keys of CountReport
         "notes": notes,
     }
 
 
 def count_model(
     model: nn.Module, label: str, ckpt: Checkpoint | None = None, depth: int = 1
-) -> dict[str, Any]:
+) -> CountReport:
     """`ckpt count --arch`: a live model, after applying ckpt's freeze state when given."""
     from ckpt_tool.surgery.freeze import count_report
 
@@ -295,12 +296,12 @@ def count_model(
     rows = model_rows(model)
     report = count_report(rows, depth, detect_prefix(r.key for r in rows).prefix)
     notes = []
-    freeze: dict[str, Any] = {"recorded": False, "assumed": False, "kinds_inferred": False}
+    freeze: CountFreeze = {"recorded": False, "assumed": False, "kinds_inferred": False}
     if applied is None:
         notes.append("a freshly built model: every parameter trainable")
         freeze["bn_eval"] = []
     else:
-        freeze.update(recorded=applied.recorded, bn_eval=applied.bn_eval)
+        freeze["recorded"], freeze["bn_eval"] = applied.recorded, applied.bn_eval
         if not applied.recorded:
             notes.append(f"{ckpt.path if ckpt else ''}: no freeze state recorded; nothing applied")
         if applied.missing:
@@ -320,7 +321,7 @@ def count_model(
         "layout": ckpt.layout if ckpt is not None else "model",
         "weights_key": ckpt.weights_key if ckpt is not None else None,
         "freeze": freeze,
-        **report,
+        **report,  # type: ignore[typeddict-item]  # mypy: optional keys of CountReport
         "applied": None
         if applied is None
         else {"missing": applied.missing, "unexpected": applied.unexpected},

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ArchBuildFailed, ArchNotFound, InputNotFound, UsageError
 from .keys import natural_key
+from .reports import ArchList
 
 if TYPE_CHECKING:
     from torch import nn
@@ -116,13 +117,13 @@ def _in_timm(name: str) -> bool:
     return bool(timm_names()) and name.split(".", 1)[0] in set(timm_names())
 
 
-def available(pattern: str | None = None) -> dict[str, Any]:
+def available(pattern: str | None = None) -> ArchList:
     """What `--into` accepts here, per source, naturally sorted, optionally glob-filtered."""
 
     def pick(names: Sequence[str]) -> list[str]:
         return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
 
-    out: dict[str, Any] = {"seed": {"installed": True, "names": pick(seed_names())}}
+    out: ArchList = {"seed": {"installed": True, "names": pick(seed_names())}}
     for source, names in (("torchvision", torchvision_names()), ("timm", timm_names())):
         out[source] = {"installed": installed(source), "names": pick(names)}
         if not installed(source):

@@ -14,6 +14,7 @@ from ckpt_tool.checkpoint import Checkpoint, TensorEntry
 from ckpt_tool.errors import UsageError, WriteFailed
 from ckpt_tool.formats import writer
 from ckpt_tool.formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride, view_key
+from ckpt_tool.reports import CastReport, CastRow, DequantizedRow
 from ckpt_tool.surgery import cast as cast_ops
 from ckpt_tool.surgery.cast import (
     FP8_MAX,
@@ -79,13 +80,13 @@ class Casting:
                 for _ in chunks:
                     pass
 
-    def report(self, ckpt: Checkpoint) -> dict[str, Any]:
+    def report(self, ckpt: Checkpoint) -> CastReport:
         before: Counter[str] = Counter()
         after: Counter[str] = Counter()
         for key, e in ckpt.tensors.items():
             before[e.dtype] += e.nbytes
             after[self.records[key].dtype] += self.records[key].nbytes
-        rows = []
+        rows: list[CastRow] = []
         for key, target in self.plan.targets.items():
             s = self.stats.get(key)
             rows.append(
@@ -212,11 +213,11 @@ def _chunker(reader: TensorReader, entry: TensorEntry) -> Callable[[], Iterator[
 
 def dequantize_records(
     ckpt: Checkpoint, records: dict[str, TensorRecord], sources: writer.Sources
-) -> tuple[dict[str, TensorRecord], list[dict[str, Any]]]:
+) -> tuple[dict[str, TensorRecord], list[DequantizedRow]]:
     """Quantized tensors as float32 (torch's own dequantize), one at a time; the rest as is.
     Returns the new records and one report row per dequantized tensor."""
     out: dict[str, TensorRecord] = {}
-    rows: list[dict[str, Any]] = []
+    rows: list[DequantizedRow] = []
     done: dict[int, TensorRecord] = {}
     with TensorReader(ckpt) as reader:
         for key, rec in records.items():

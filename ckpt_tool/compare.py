@@ -10,13 +10,22 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import progress
 from .checkpoint import Checkpoint, TensorEntry
 from .errors import SurgeryError, UsageError
 from .formats import writer
 from .formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
+from .reports import (
+    AverageDetails,
+    DiffReport,
+    DiffSide,
+    DtypeChange,
+    ModuleDiff,
+    ShapeChange,
+    TensorDiff,
+)
 from .surgery.prefixes import detect_prefix
 from .tensors import TensorReader
 
@@ -143,10 +152,10 @@ class DiffResult:
     b: Side
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
-    shape_changed: list[dict[str, Any]] = field(default_factory=list)
-    dtype_changed: list[dict[str, Any]] = field(default_factory=list)
-    tensors: list[dict[str, Any]] = field(default_factory=list)
-    modules: list[dict[str, Any]] = field(default_factory=list)
+    shape_changed: list[ShapeChange] = field(default_factory=list)
+    dtype_changed: list[DtypeChange] = field(default_factory=list)
+    tensors: list[TensorDiff] = field(default_factory=list)
+    modules: list[ModuleDiff] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     atol: float = 0.0
     rtol: float = 0.0
@@ -161,7 +170,7 @@ class DiffResult:
             self.only_a or self.only_b or self.shape_changed or self.dtype_changed or self.changed
         )
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> DiffReport:
         return {
             "command": "diff",
             "a": _side_json(self.a),
@@ -190,7 +199,7 @@ class DiffResult:
         }
 
 
-def _side_json(s: Side) -> dict[str, Any]:
+def _side_json(s: Side) -> DiffSide:
     return {
         "path": str(s.ckpt.path),
         "format": s.ckpt.format,
@@ -384,7 +393,7 @@ class Averaging:
         for r in self.readers:
             r.close()
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> AverageDetails:
         total = sum(self.coef)
         return {
             "inputs": [str(r.ckpt.path) for r in self.readers],

@@ -11,6 +11,7 @@ from . import progress
 from .checkpoint import Checkpoint, TensorEntry, counts_as_parameter, unique_numel
 from .formats.safe_pickle import TensorRecord, view_key
 from .keys import natural_key
+from .reports import InspectData, ModuleShare, TensorInfo, TensorStats
 from .surgery.prefixes import detect_prefix
 
 
@@ -89,7 +90,7 @@ def view_groups(ckpt: Checkpoint) -> list[list[str]]:
     return [list(views.values()) for views in by_storage.values() if len(views) > 1]
 
 
-def top_level_shares(ckpt: Checkpoint, strip: str = "") -> list[dict[str, Any]]:
+def top_level_shares(ckpt: Checkpoint, strip: str = "") -> list[ModuleShare]:
     """Parameter elements per top-level module (below a wrapper prefix), largest first."""
     counts: Counter[str] = Counter()
     for e in ckpt.tensors.values():
@@ -103,9 +104,9 @@ def top_level_shares(ckpt: Checkpoint, strip: str = "") -> list[dict[str, Any]]:
     ]
 
 
-def tensor_json(e: TensorEntry) -> dict[str, Any]:
+def tensor_json(e: TensorEntry) -> TensorInfo:
     rec: TensorRecord = e.record
-    return {
+    info: TensorInfo = {
         "key": e.key,
         "shape": list(rec.shape),
         "dtype": rec.dtype,
@@ -114,8 +115,10 @@ def tensor_json(e: TensorEntry) -> dict[str, Any]:
         "kind": e.kind,
         "device": rec.device,
         "requires_grad": rec.requires_grad if rec.is_parameter else None,
-        **({"quant": _quant_json(rec)} if rec.quant is not None else {}),
     }
+    if rec.quant is not None:
+        info["quant"] = _quant_json(rec)
+    return info
 
 
 def _quant_json(rec: TensorRecord) -> dict[str, Any]:
@@ -131,7 +134,7 @@ def _quant_json(rec: TensorRecord) -> dict[str, Any]:
     return out
 
 
-def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> dict[str, Any]:
+def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> InspectData:
     """Everything `ckpt inspect` shows, as plain data."""
     entries = select(ckpt.tensors, pattern)
     params = [e for e in ckpt.tensors.values() if counts_as_parameter(ckpt, e)]
@@ -203,13 +206,13 @@ def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> dict[str, An
     }
 
 
-def tensor_stats(ckpt: Checkpoint, entries: list[TensorEntry]) -> dict[str, dict[str, Any]]:
+def tensor_stats(ckpt: Checkpoint, entries: list[TensorEntry]) -> dict[str, TensorStats]:
     """min/max/mean/std and NaN/Inf counts, reading one tensor at a time."""
     import torch
 
     from .tensors import TensorReader
 
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, TensorStats] = {}
     with TensorReader(ckpt) as reader:
         for e in progress.track(entries, "reading tensors", len(entries)):
             t = reader.read(e)

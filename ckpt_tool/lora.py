@@ -24,6 +24,7 @@ from .errors import SurgeryError, UnreadableCheckpoint, UsageError
 from .formats import writer
 from .formats.raw import tensor_bytes
 from .formats.safe_pickle import StorageRef, TensorRecord, contiguous_stride
+from .reports import MergeTarget
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +53,7 @@ class LoraTarget:
     b_bias_key: str | None = None
     rel_change: float | None = None  # ||ΔW|| / ||W||, known once merged
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> MergeTarget:
         return {
             "module": self.module,
             "kind": self.kind,

@@ -14,7 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from . import progress
 from .errors import EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_OK, CkptError
@@ -23,6 +23,7 @@ from .formats.pickle_rules import DANGEROUS, ERROR, NEEDS_CODE, RANK, SAFE, VERD
 from .formats.safetensors_io import MAX_HEADER, read_header
 from .formats.survey import NPY_MAGIC, Finding, Survey, survey_file
 from .keys import natural_key
+from .reports import FileScanInfo, ScanDoc, ScanSummary
 
 # What a folder scan picks up by name (`.pth.tar` ends in `.tar`); files with other names are
 # picked up when their first bytes are a zip, a pickle (protocol 2+) or a numpy array.
@@ -69,7 +70,7 @@ class FileScan:
             return ERROR
         return worst
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> FileScanInfo:
         counts = dict.fromkeys((*VERDICTS, ERROR), 0)
         for f in self.findings:
             counts[f.verdict] += 1
@@ -102,10 +103,11 @@ class ScanReport:
             return EXIT_ERROR
         return EXIT_OK
 
-    def as_dict(self) -> dict[str, Any]:
-        summary = {"files": len(self.files), **dict.fromkeys((*VERDICTS, ERROR), 0)}
+    def as_dict(self) -> ScanDoc:
+        counts = {"files": len(self.files), **dict.fromkeys((*VERDICTS, ERROR), 0)}
         for f in self.files:
-            summary[f.verdict] += 1
+            counts[f.verdict] += 1
+        summary = cast("ScanSummary", counts)  # keys: files and the verdict names
         return {
             "files": [f.as_dict() for f in self.files],
             "summary": summary,

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool import progress
@@ -25,6 +25,7 @@ from ckpt_tool.checkpoint import Checkpoint, load
 from ckpt_tool.edit import refuse_dangerous
 from ckpt_tool.errors import UsageError, WeightsNotFound
 from ckpt_tool.formats.raw import tensor_bytes
+from ckpt_tool.reports import CheckResult, SmokeReport
 from ckpt_tool.surgery.prefixes import detect_prefix
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class Check:
     name: str
     ok: bool | None
     detail: str
+
+    def as_json(self) -> CheckResult:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
 
 
 @dataclass
@@ -458,7 +462,7 @@ def train(
     model: Any = None,
     device: Any = None,
     sharded: bool = False,
-) -> dict[str, Any]:
+) -> SmokeReport:
     """Train cfg.steps steps on this rank's shard of the fixed synthetic batch; run the checks.
 
     `model` is the module to call (a DDP wrapper in distributed runs); the checks look at
@@ -617,7 +621,7 @@ def train(
         "param_groups": group_summary,
         "lrs": lrs,
         "losses": losses,
-        "checks": [asdict(c) for c in checks],
+        "checks": [c.as_json() for c in checks],
         "problems": problems,
         "trainable": len(trainable),
         "frozen": len(before) - len(trainable),
@@ -639,7 +643,7 @@ def free_port() -> int:
 # --- the whole run --------------------------------------------------------------------------------
 
 
-def report_header(cfg: SmokeConfig, prep: Prepared) -> dict[str, Any]:
+def report_header(cfg: SmokeConfig, prep: Prepared) -> SmokeReport:
     """What every smoke-train report starts with: input, architecture, freeze state, config."""
     ckpt = prep.ckpt
     return {
@@ -666,18 +670,18 @@ def report_header(cfg: SmokeConfig, prep: Prepared) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def not_run(cfg: SmokeConfig, prep: Prepared, distributed: bool) -> dict[str, Any]:
+def not_run(cfg: SmokeConfig, prep: Prepared, distributed: bool) -> SmokeReport:
     """The checks when the checkpoint does not load strictly: that one failed, the rest not run."""
     skipped = "not run: the checkpoint does not load strictly"
     names = [c for c in CHECKS if distributed or c != "ranks_agree"][1:]
     return {
-        "checks": [asdict(prep.load_check)] + [asdict(Check(n, None, skipped)) for n in names],
+        "checks": [prep.load_check.as_json()] + [Check(n, None, skipped).as_json() for n in names],
         "losses": [],
         "lrs": [],
     }
 
 
-def smoke_train(cfg: SmokeConfig) -> dict[str, Any]:
+def smoke_train(cfg: SmokeConfig) -> SmokeReport:
     """Run every check; returns the report (the caller decides the exit code from `ok`).
 
     One process, or distributed (DDP, or FSDP2 with `fsdp`) when launched by torchrun, with

@@ -19,12 +19,13 @@ import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ckpt_tool.errors import CkptError, OutputRefused, UsageError
 
 if TYPE_CHECKING:
-    from ckpt_tool.train import Prepared, SmokeConfig
+    from ckpt_tool.reports import CheckResult, RankChecks, SavedDcp, SmokeReport
+    from ckpt_tool.train import Check, Prepared, SmokeConfig
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -39,7 +40,7 @@ def reporting_rank() -> bool:
     return not launched() or os.environ.get("RANK") == "0"
 
 
-def launch(cfg: SmokeConfig) -> dict[str, Any]:
+def launch(cfg: SmokeConfig) -> SmokeReport:
     """`--nproc N`: N local ranks through torch's launcher; rank 0's report."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -68,10 +69,10 @@ def launch(cfg: SmokeConfig) -> dict[str, Any]:
             said = said.get("message", said)
         last = next((ln for ln in reversed(str(said).splitlines()) if ln.strip()), "failed")
         raise CkptError(f"distributed smoke-train failed: {last.strip()}") from None
-    return dict(results[0])
+    return cast("SmokeReport", results[0])  # the report rank 0's process returned
 
 
-def _rank_entry(cfg_fields: dict[str, Any]) -> dict[str, Any]:
+def _rank_entry(cfg_fields: dict[str, Any]) -> SmokeReport:
     """One rank started by `launch` (a fresh process): the same work as under torchrun."""
     from ckpt_tool.train import SmokeConfig
 
@@ -81,7 +82,7 @@ def _rank_entry(cfg_fields: dict[str, Any]) -> dict[str, Any]:
     return run_rank(SmokeConfig(**cfg_fields))
 
 
-def run_rank(cfg: SmokeConfig) -> dict[str, Any]:
+def run_rank(cfg: SmokeConfig) -> SmokeReport:
     """This process's part of a distributed smoke-train; every rank returns the full report
     (per-rank checks gathered), so every rank decides the same exit code."""
     import torch
@@ -219,7 +220,7 @@ def _load_sharded(ckpt: Any, model: Any, entries: dict[str, Any]) -> tuple[int, 
 
 def _train_and_gather(
     cfg: SmokeConfig, prep: Prepared, model: Any, rank: int, world: int, device: Any
-) -> dict[str, Any]:
+) -> SmokeReport:
     """Train this rank, then gather every rank's checks; a check passes only on every rank."""
     import torch
     import torch.distributed as dist
@@ -231,33 +232,33 @@ def _train_and_gather(
     else:
         torch.manual_seed(cfg.seed)
         mine = train(cfg, prep, rank, world, model=model, device=device, sharded=cfg.fsdp)
-    gathered: list[Any] = [None] * world
+    gathered: list[Any] = [None] * world  # every rank's SmokeReport, with its rank
     dist.all_gather_object(gathered, {"rank": rank, **mine})
     first = gathered[0]
-    report = report_header(cfg, prep)
-    report.update({k: v for k, v in first.items() if k not in ("rank", "checks", "checksums")})
-    per_rank = [{"rank": g["rank"], "checks": g["checks"]} for g in gathered]
+    trained = {k: v for k, v in first.items() if k not in ("rank", "checks", "checksums")}
+    report = cast("SmokeReport", {**report_header(cfg, prep), **trained})
+    per_rank: list[RankChecks] = [{"rank": g["rank"], "checks": g["checks"]} for g in gathered]
     names = [c["name"] for c in first["checks"]]
-    checks = []
+    checks: list[CheckResult] = []
     for name in names:
         mine_all = [next(c for c in g["checks"] if c["name"] == name) for g in gathered]
         bad = [(g["rank"], c) for g, c in zip(gathered, mine_all, strict=True) if c["ok"] is False]
         if bad:
             r, c = bad[0]
             where = f"rank {r}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
-            checks.append(asdict(Check(name, False, f"{where}: {c['detail']}")))
+            checks.append(Check(name, False, f"{where}: {c['detail']}").as_json())
         else:
             checks.append(mine_all[0])
     if prep.load_check.ok:
         if cfg.fsdp:
-            checks.append(asdict(_fsdp_agreement(gathered)))
+            checks.append(_fsdp_agreement(gathered).as_json())
         else:
-            checks.append(asdict(check_ranks([g["checksums"] for g in gathered])))
-    report.update(checks=checks, ranks=per_rank, world_size=world)
+            checks.append(check_ranks([g["checksums"] for g in gathered]).as_json())
+    report["checks"], report["ranks"], report["world_size"] = checks, per_rank, world
     return report
 
 
-def _fsdp_agreement(gathered: list[dict[str, Any]]) -> Any:
+def _fsdp_agreement(gathered: list[dict[str, Any]]) -> Check:
     """Sharded ranks hold different slices; they agree when each ran every step and saw the
     same all-reduced losses and the same verdicts."""
     from ckpt_tool.train import Check
@@ -276,7 +277,7 @@ def _fsdp_agreement(gathered: list[dict[str, Any]]) -> Any:
     )
 
 
-def _save_dcp(prep: Prepared, target: Path, rank: int) -> dict[str, Any]:
+def _save_dcp(prep: Prepared, target: Path, rank: int) -> SavedDcp:
     """The trained model state written with DCP by every rank (a folder `ckpt` reads back);
     written beside the target and renamed into place by rank 0 when every rank is done."""
     import torch.distributed as dist

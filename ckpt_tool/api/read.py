@@ -11,9 +11,11 @@ from ckpt_tool.checkpoint import Checkpoint, load
 from ckpt_tool.errors import EXIT_CHECK_FAILED, UsageError
 from ckpt_tool.output.options import PathLike
 from ckpt_tool.output.report import Report
+from ckpt_tool.reports import InspectData, TensorStats
 
 if TYPE_CHECKING:
     from ckpt_tool.inspection import ModuleNode
+    from ckpt_tool.reports import ArchList, CountReport, DiffReport, SmokeReport
     from ckpt_tool.scanning import ScanReport
 
 
@@ -30,12 +32,12 @@ def loaded(path: PathLike, weights: str | None, rewrite: bool = True) -> Checkpo
 
 
 @dataclass
-class InspectReport(Report):
+class InspectReport(Report[InspectData]):
     """inspect's report, and what its tree view needs."""
 
     checkpoint: Checkpoint | None = None
     entries: list[Any] = field(default_factory=list)
-    stats: dict[str, Any] | None = None
+    stats: dict[str, TensorStats] | None = None
 
     def tree(self) -> ModuleNode:
         from ckpt_tool.inspection import build_tree
@@ -86,7 +88,7 @@ def count(
     in_chans: int | None = None,
     depth: int = 1,
     weights: str | None = None,
-) -> Report:
+) -> Report[CountReport]:
     """Parameters trainable and frozen (as recorded), buffers, bytes, per module; with arch,
     of the built model after applying the file's freeze state."""
     from ckpt_tool.apply import count_checkpoint, count_model
@@ -132,7 +134,7 @@ def diff(
     depth: int = 1,
     weights: str | None = None,
     weights_b: str | None = None,
-) -> Report:
+) -> Report[DiffReport]:
     """Compare the weights of two checkpoints; exit_code 3 when they differ."""
     from ckpt_tool.compare import diff as compare
 
@@ -142,7 +144,7 @@ def diff(
     return Report("diff", result.as_dict(), 0 if result.identical else EXIT_CHECK_FAILED)
 
 
-def archs(filter: str | None = None) -> Report:
+def archs(filter: str | None = None) -> Report[ArchList]:
     """The architectures --into/--arch accept here: seed models, torchvision, timm."""
     from ckpt_tool.archs import available
 
@@ -172,7 +174,7 @@ def smoke_train(
     weights: str | None = None,
     fsdp: bool = False,
     save_dcp: PathLike | None = None,
-) -> Report:
+) -> Report[SmokeReport]:
     """Load a checkpoint strictly into arch and train a few steps on a fixed batch; the
     report's exit_code is 3 when a check failed (data['failed'] names them)."""
     from ckpt_tool.archs import parse_arch_args

@@ -37,6 +37,15 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from ckpt_tool.casting import Casting
+    from ckpt_tool.reports import (
+        CastReport,
+        ConvertDetails,
+        DropDetails,
+        ExtractDetails,
+        MergeDetails,
+        RenameDetails,
+        TransplantDetails,
+    )
 
 
 from .read import loaded
@@ -57,7 +66,7 @@ def write_options(args: WriteArgs) -> WriteOptions:
 # --- key surgery -------------------------------------------------------------------------------
 
 
-def _rename_details(plan: RenamePlan) -> dict[str, Any]:
+def _rename_details(plan: RenamePlan) -> RenameDetails:
     return {
         "total_keys": len(plan.pairs),
         "changed": len(plan.changed),
@@ -175,7 +184,7 @@ def extract(
     out.allow_drops = True  # extract keeps the tensors and lists what it drops
     if not out.weights:
         raise WeightsNotFound(f"{ckpt.path}: no tensors to extract")
-    details = {
+    details: ExtractDetails = {
         "total_keys": len(out.weights),
         "tensors": len(out.weights),
         "dropped": [str(k) for k in ckpt.extras] if ckpt.layout == "training" else [],
@@ -228,7 +237,7 @@ def drop(
     saved = _tensor_bytes([root_entries[e] for e in gone_entries]) + _tensor_bytes(
         [v for k, v in items if k in gone]
     )
-    details = {
+    details: DropDetails = {
         "dropped_entries": gone_entries,
         "dropped_keys": gone_keys,
         "bytes_saved": saved,
@@ -345,7 +354,7 @@ def _casting(
     return cast_weights(ckpt, plan, strict, fp8_scale)
 
 
-def _cast_warnings(report: dict[str, Any]) -> list[str]:
+def _cast_warnings(report: CastReport) -> list[str]:
     said = [
         f"--keep {pattern!r} matched no tensor; nothing was kept by it"
         for pattern in report.get("unused_keep_patterns", [])
@@ -371,7 +380,7 @@ def _cast_into(plan: WritePlan, casting: Casting) -> None:
     plan.closers.append(casting.reader.close)
     plan.drain = casting.drain
 
-    def stats() -> dict[str, Any]:
+    def stats() -> CastReport:
         report = casting.report(ckpt)
         plan.warnings += _cast_warnings(report)
         return report
@@ -477,11 +486,12 @@ def convert(
             "dcp" if to_dcp else "shards" if max_shard is not None and not folder_out else "auto"
         )
         plan.max_shard = max_shard
-        plan.details = {
+        details: ConvertDetails = {
             "input_format": ckpt.format,
             "layout": ckpt.layout,
             "tensors": len(out.weights),
         }
+        plan.details = details
         quantized = quantized_keys(out.weights)
         pth_out = plan.kind != "dcp" and not folder_out and output_format(target) == "pth"
         if dequantize and (pth_out or not quantized):
@@ -501,7 +511,7 @@ def convert(
             from ckpt_tool.formats.writer import Sources
 
             plan.sources = plan.sources or Sources(ckpt)
-            out.weights, plan.details["dequantized"] = dequantize_records(
+            out.weights, details["dequantized"] = dequantize_records(
                 ckpt, out.weights, plan.sources
             )
     except BaseException:
@@ -537,7 +547,7 @@ def merge_lora(
     except BaseException:
         merging.close()
         raise
-    details: dict[str, Any] = {
+    details: MergeDetails = {
         "adapter": str(adapter),
         "scale": scale,
         "use_rslora": bool(cfg.get("use_rslora")),
@@ -643,7 +653,10 @@ def transplant(
         ckpt, built, maps=list(maps), match=match, init=init, seed=seed,
         keep_dtype=keep_dtype, resize_patch=resize_patch,
     )  # fmt: skip
-    details: dict[str, Any] = {
+    fates = transplant_details(plan)
+    pct = fates["totals"]["coverage_pct"]
+    ok = pct >= min_coverage
+    details: TransplantDetails = {
         "arch": {
             "name": into,
             "label": built.spec.label,
@@ -656,12 +669,10 @@ def transplant(
         "init": init,
         "seed": seed,
         "keep_dtype": keep_dtype,
-        **transplant_details(plan),
+        **fates,
         "notes": plan.notes + (cache_note(ckpt.path) if options.get("output") is None else []),
+        "coverage": {"pct": pct, "min": min_coverage, "ok": ok},
     }
-    pct = details["totals"]["coverage_pct"]
-    ok = pct >= min_coverage
-    details["coverage"] = {"pct": pct, "min": min_coverage, "ok": ok}
     write_plan = WritePlan("transplant", ckpt, out, built.spec.tag, details, in_place_ok=False)
     if not ok:
         assert opts.output is not None

@@ -12,6 +12,7 @@ import typer
 from ckpt_tool import render
 from ckpt_tool.cli.common import JsonOpt, boundary
 from ckpt_tool.errors import CheckFailed, OutputRefused
+from ckpt_tool.reports import DemoStep
 
 
 @boundary
@@ -63,7 +64,7 @@ def demo(
             render.demo_step(step.title, "ckpt " + shlex.join(step.args), result.output)
         if not result.ok:
             break
-    rows = [
+    rows: list[DemoStep] = [
         {
             "step": r.step.title,
             "command": "ckpt " + shlex.join(r.step.args),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_tool.errors import CkptError, UnreadableCheckpoint
+from ckpt_tool.reports import FindingInfo
 
 from . import torch_zip
 from .pickle_rules import DANGEROUS, ERROR, NEEDS_CODE, RANK, SAFE, worst
@@ -72,7 +73,7 @@ class Finding:
     opcode: str | None = None  # GLOBAL | STACK_GLOBAL | INST | EXT, for globals
     count: int = 1
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> FindingInfo:
         return {
             "verdict": self.verdict,
             "why": self.why,

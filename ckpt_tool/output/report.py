@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from ckpt_tool.reports import CastReport
 
 
 @dataclass
@@ -22,7 +25,7 @@ class WriteReport:
     bytes: int | None = None
     verified: bool | None = None
     files: dict[str, Any] = field(default_factory=dict)  # shards, index, folder files
-    cast: dict[str, Any] | None = None  # per-tensor cast statistics, when a cast ran
+    cast: CastReport | None = None  # per-tensor cast statistics, when a cast ran
     warnings: list[str] = field(default_factory=list)  # for stderr; not in the JSON
     exit_code: int = 0
 
@@ -50,16 +53,19 @@ class WriteReport:
         return doc
 
 
+D = TypeVar("D", bound=Mapping[str, Any])
+
+
 @dataclass
-class Report:
+class Report(Generic[D]):
     """What a read command found (inspect, count, diff, smoke-train, archs); exit_code 3
     when a check failed or the file is dangerous."""
 
     command: str
-    data: dict[str, Any]
+    data: D  # the command's reports.* shape (CountReport, DiffReport, ...)
     exit_code: int = 0
     warnings: list[str] = field(default_factory=list)
     dangerous: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return self.data
+        return dict(self.data)

@@ -8,7 +8,7 @@ notes of the format written, and closing the readers the plan holds, whatever ha
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +24,7 @@ from ckpt_tool.edit import (
 )
 from ckpt_tool.errors import OutputRefused, UsageError
 from ckpt_tool.formats.writer import Sources, output_format, storage_backed
+from ckpt_tool.reports import CastReport
 
 from .naming import cache_note, is_folder_output, resolve_output
 from .options import WriteOptions
@@ -38,14 +39,14 @@ class WritePlan:
     ckpt: Checkpoint
     out: Output
     tag: str  # derived output name: model.TAG.pth
-    details: dict[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)  # a reports.*Details
     sources: Sources | None = None  # bytes produced on the fly (casts, merges, averages)
     kind: Literal["auto", "shards", "dcp"] = "auto"
     max_shard: int | None = None
     in_place_ok: bool = True
     drain: Callable[[], None] | None = None  # a dry run computes what writing would (stats)
-    late_details: Callable[[], dict[str, Any]] | None = None  # known only after the bytes
-    cast_report: Callable[[], dict[str, Any]] | None = None
+    late_details: Callable[[], Mapping[str, Any]] | None = None  # known only after the bytes
+    cast_report: Callable[[], CastReport] | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)  # readers the plan opened
     warnings: list[str] = field(default_factory=list)
 

@@ -8,7 +8,60 @@ import json
 import os
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what __getattr__ hands out, typed for mypy
+    from .views import (
+        arch_list,
+        auto_depth,
+        count_report,
+        demo_step,
+        demo_summary,
+        diff_report,
+        edit_report,
+        inspect_header,
+        keys_table,
+        module_tree,
+        out,
+        read_report,
+        safe,
+        sampled_steps,
+        scan_report,
+        scan_verdict,
+        share_bars,
+        show,
+        smoke_train_report,
+        sparkline,
+    )
+
+__all__ = [
+    "ProgressLine",
+    "arch_list",
+    "auto_depth",
+    "count_report",
+    "demo_step",
+    "demo_summary",
+    "diff_report",
+    "edit_report",
+    "error",
+    "human_bytes",
+    "inspect_header",
+    "keys_table",
+    "module_tree",
+    "out",
+    "print_json",
+    "progress_sink",
+    "read_report",
+    "safe",
+    "sampled_steps",
+    "scan_report",
+    "scan_verdict",
+    "share_bars",
+    "show",
+    "smoke_train_report",
+    "sparkline",
+    "warn",
+]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,6 +20,26 @@ from ckpt_tool.render import _CONTROL, error, human_bytes
 if TYPE_CHECKING:
     from ckpt_tool.inspection import ModuleNode
     from ckpt_tool.output.report import WriteReport
+    from ckpt_tool.reports import (
+        ArchList,
+        BlockRow,
+        CastReport,
+        CountReport,
+        DemoStep,
+        DiffReport,
+        ExtractDetails,
+        FindingInfo,
+        FreezeDetails,
+        InspectData,
+        KeyFate,
+        MergeDetails,
+        ModuleShare,
+        RenameDetails,
+        ScanDoc,
+        SmokeReport,
+        TensorStats,
+        TransplantDetails,
+    )
 
 
 # Piped output gets a fixed, wide layout instead of rich's 80-column default.
@@ -68,7 +89,7 @@ def bar(share: float, width: int = 30) -> str:
 # --- inspect ----------------------------------------------------------------------------------
 
 
-def _header_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+def _header_rows(r: InspectData) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = [
         ("file", safe(r["file"])),
         ("format", r["format"]),
@@ -168,7 +189,7 @@ def _header_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def inspect_header(r: dict[str, Any]) -> None:
+def inspect_header(r: InspectData) -> None:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -177,7 +198,7 @@ def inspect_header(r: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _tensor_line(t: Any, name: str, stats: dict[str, Any] | None) -> str:
+def _tensor_line(t: Any, name: str, stats: dict[str, TensorStats] | None) -> str:
     line = f"{safe(name)}  [cyan]{list(t.shape)}[/]  {t.dtype}  [dim]{human_count(t.numel)}[/]"
     if t.kind == "parameter" and t.record.is_parameter and not t.record.requires_grad:
         line += "  [blue]frozen[/]"
@@ -189,7 +210,7 @@ def _tensor_line(t: Any, name: str, stats: dict[str, Any] | None) -> str:
     return line
 
 
-def stats_text(s: dict[str, Any]) -> str:
+def stats_text(s: TensorStats) -> str:
     if s["min"] is None:
         text = "[dim]no finite values[/]"
     else:
@@ -259,7 +280,10 @@ def auto_depth(root: ModuleNode, max_lines: int = 40) -> int | None:
 
 
 def module_tree(
-    root: ModuleNode, depth: int | None, stats: dict[str, Any] | None = None, title: str = ""
+    root: ModuleNode,
+    depth: int | None,
+    stats: dict[str, TensorStats] | None = None,
+    title: str = "",
 ) -> Tree:
     tree = Tree(title or "[bold]weights[/]")
     stack: list[tuple[ModuleNode, Tree, int]] = [(root, tree, 0)]
@@ -285,7 +309,7 @@ def module_tree(
     return tree
 
 
-def keys_table(tensors: list[Any], stats: dict[str, Any] | None = None) -> Table:
+def keys_table(tensors: list[Any], stats: dict[str, TensorStats] | None = None) -> Table:
     table = Table(box=None, pad_edge=False)
     for col in ("key", "shape", "dtype", "numel", "kind"):
         table.add_column(col, justify="right" if col == "numel" else "left")
@@ -301,7 +325,7 @@ def keys_table(tensors: list[Any], stats: dict[str, Any] | None = None) -> Table
     return table
 
 
-def share_bars(rows: list[dict[str, Any]], label: str = "parameters by top-level module") -> None:
+def share_bars(rows: list[ModuleShare], label: str = "parameters by top-level module") -> None:
     if not rows:
         return
     out.print(f"[bold]{label}[/]")
@@ -336,12 +360,13 @@ def show(renderable: Any) -> None:
 # --- write commands -------------------------------------------------------------------------
 
 
-def merge_table(r: dict[str, Any]) -> None:
+def merge_table(r: MergeDetails) -> None:
     """merge-lora: one row per target module: rank, scale, relative change."""
-    targets = r["targets"]
+    targets = r.get("targets", [])
     out.print(
-        f"[bold]merge-lora[/]: {len(targets)} LoRA target(s) merged from {safe(r['adapter'])}"
-        + (f", scale ×{r['scale']:g}" if r.get("scale", 1.0) != 1.0 else "")
+        f"[bold]merge-lora[/]: {len(targets)} LoRA target(s) merged from "
+        f"{safe(r.get('adapter', ''))}"
+        + (f", scale ×{r.get('scale', 1.0):g}" if r.get("scale", 1.0) != 1.0 else "")
     )
     table = Table(box=None, pad_edge=False)
     for col in ("module", "kind", "rank", "scale", "||ΔW|| / ||W||"):
@@ -358,19 +383,19 @@ def merge_table(r: dict[str, Any]) -> None:
     out.print(table)
     if len(targets) > len(shown):
         out.print(f"[dim]+{len(targets) - len(shown)} more targets (--json lists all)[/]")
-    if r.get("copied"):
-        copied = r["copied"]
+    copied = r.get("copied", [])
+    if copied:
         out.print(
             f"copied from the adapter (modules_to_save, saved base layers): "
             f"{safe(', '.join(copied[:4]))}{' ...' if len(copied) > 4 else ''}"
         )
 
 
-def _rename_lines(r: dict[str, Any]) -> None:
+def _rename_lines(command: str, r: RenameDetails) -> None:
     """The renames a key-surgery command made, grouped by rule."""
-    groups = r.get("groups") or []
+    groups = r["groups"]
     if groups:
-        out.print(f"[bold]{r['command']}: keys changed[/]")
+        out.print(f"[bold]{command}: keys changed[/]")
         table = Table(box=None, pad_edge=False)
         table.add_column("rule")
         table.add_column("keys", justify="right")
@@ -381,11 +406,10 @@ def _rename_lines(r: dict[str, Any]) -> None:
                 safe(g["rule"]), str(g["count"]), f"{safe(ex['from'])} → [green]{safe(ex['to'])}[/]"
             )
         out.print(table)
-    if "changed" in r:
-        out.print(f"{r['changed']} of {r['total_keys']} keys renamed, {r['unchanged']} unchanged")
+    out.print(f"{r['changed']} of {r['total_keys']} keys renamed, {r['unchanged']} unchanged")
 
 
-def _extract_line(r: dict[str, Any]) -> None:
+def _extract_line(r: ExtractDetails) -> None:
     out.print(
         f"{r['tensors']} tensors extracted from a {r['layout']} checkpoint"
         + (f"; dropped: {safe(', '.join(r['dropped']))}" if r["dropped"] else "")
@@ -394,20 +418,19 @@ def _extract_line(r: dict[str, Any]) -> None:
 
 def edit_report(report: WriteReport) -> None:
     """What a write command did, then its notes and where it wrote (or would write)."""
-    r = {"command": report.command, **report.details}
-    # what each command shows above the common tail (notes, where it wrote)
-    bodies: dict[str, Any] = {
-        "strip-module": _rename_lines,
-        "add-module": _rename_lines,
-        "rename": _rename_lines,
-        "extract": _extract_line,
-        "freeze": freeze_tables,
-        "merge-lora": merge_table,
-        "transplant": lambda d: transplant_report(d, report.input),
-    }
-    body = bodies.get(report.command)
-    if body is not None:
-        body(r)
+    # what each command shows above the common tail (notes, where it wrote); the details
+    # are the command's reports.*Details (the one place their type is asserted)
+    d, command = report.details, report.command
+    if command in ("strip-module", "add-module", "rename"):
+        _rename_lines(command, cast("RenameDetails", d))
+    elif command == "extract":
+        _extract_line(cast("ExtractDetails", d))
+    elif command == "freeze":
+        freeze_tables(cast("FreezeDetails", d))
+    elif command == "merge-lora":
+        merge_table(cast("MergeDetails", d))
+    elif command == "transplant":
+        transplant_report(cast("TransplantDetails", d), report.input)
     if report.cast is not None:
         cast_tables(report.cast)
     shards = report.shards
@@ -429,7 +452,7 @@ def edit_report(report: WriteReport) -> None:
         )
 
 
-def cast_tables(c: dict[str, Any]) -> None:
+def cast_tables(c: CastReport) -> None:
     """Bytes per dtype before/after, and the largest relative error per module."""
     out.print(f"[bold]cast to {c['dtype']}[/]: {c['cast']} tensors cast, {c['kept']} kept")
     reasons = Counter(
@@ -476,7 +499,7 @@ def _change(before: int, after: int) -> str:
     return f"{before:,} → [bold]{after:,}[/]"
 
 
-def freeze_tables(r: dict[str, Any]) -> None:
+def freeze_tables(r: FreezeDetails) -> None:
     """What matched, then trainable and frozen parameters per top-level module, before → after."""
     what = {"freeze": "freeze", "unfreeze": "unfreeze", "only": "freeze all but"}[r["mode"]]
     matched = "; ".join(
@@ -516,7 +539,7 @@ def _split_bar(trainable: int, frozen: int, total: int) -> Text:
     return text
 
 
-def count_report(r: dict[str, Any]) -> None:
+def count_report(r: CountReport) -> None:
     """`ckpt count`: totals, then one row and bar per module (green trains, blue is frozen)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -602,7 +625,7 @@ _STATUS_TEXT = {
 _PER_KEY = ("adapted", "reinitialised", "shape_mismatch", "mixed")
 
 
-def _key_status(row: dict[str, Any]) -> str:
+def _key_status(row: KeyFate) -> str:
     text = _STATUS_TEXT[row["status"]]
     if row["status"] == "renamed" and row["source_key"]:
         text += f" from {safe(row['source_key'])}"
@@ -619,7 +642,7 @@ def _key_status(row: dict[str, Any]) -> str:
     return text
 
 
-def _transplant_table(title: str, groups: list[dict[str, Any]]) -> Table:
+def _transplant_table(title: str, groups: list[BlockRow]) -> Table:
     out.print(f"[bold]{title}[/]")
     table = Table(box=None, pad_edge=False)
     table.add_column("module")
@@ -633,7 +656,9 @@ def _transplant_table(title: str, groups: list[dict[str, Any]]) -> Table:
         rows = g["rows"]
         same = len({(r["status"], r["rule"], r["detail"], r["init"]) for r in rows}) == 1
         if g["status"] not in _PER_KEY and same:
-            first = dict(rows[0], source_key=None) if len(rows) > 1 or blocks > 1 else rows[0]
+            first: KeyFate = (
+                {**rows[0], "source_key": None} if len(rows) > 1 or blocks > 1 else rows[0]
+            )
             table.add_row(label, keys, human_count(g["params"]), _key_status(first))
             continue
         if len(rows) == 1 and blocks == 1:
@@ -648,7 +673,7 @@ def _transplant_table(title: str, groups: list[dict[str, Any]]) -> Table:
     return table
 
 
-def transplant_report(r: dict[str, Any], source: str) -> None:
+def transplant_report(r: TransplantDetails, source: str) -> None:
     """`ckpt transplant`: per-module status table, unused source keys, totals."""
     a = r["arch"]
     title = f"transplant {safe(source)} → {safe(a['label'])}"
@@ -670,7 +695,7 @@ def transplant_report(r: dict[str, Any], source: str) -> None:
         out.print("  " + ", ".join(parts))
 
 
-def arch_list(data: dict[str, Any], pattern: str | None) -> None:
+def arch_list(data: ArchList, pattern: str | None) -> None:
     """`ckpt archs`: names per source, with how to install what is missing."""
     from rich.columns import Columns
 
@@ -705,7 +730,7 @@ _FILE_VERDICT = {
 }
 
 
-def _where(f: dict[str, Any]) -> str:
+def _where(f: FindingInfo) -> str:
     where = safe(f["member"] or "")
     if f["offset"] is not None:
         where += f" [dim]@{f['offset']}[/]"
@@ -714,7 +739,7 @@ def _where(f: dict[str, Any]) -> str:
     return where
 
 
-def scan_report(r: dict[str, Any]) -> None:
+def scan_report(r: ScanDoc) -> None:
     """`ckpt scan`: per file its verdict, what is not on the allowlist, and where it is."""
     for f in r["files"]:
         out.print(f"[bold]{safe(f['path'])}[/]  {safe(f['format'])}  {_FILE_VERDICT[f['verdict']]}")
@@ -772,7 +797,7 @@ def scan_report(r: dict[str, Any]) -> None:
         )
 
 
-def scan_verdict(r: dict[str, Any]) -> None:
+def scan_verdict(r: ScanDoc) -> None:
     """One stderr line when a scan does not pass."""
     s = r["summary"]
     if s["dangerous"]:
@@ -793,7 +818,7 @@ def _rel_text(v: Any) -> str:
     return v if isinstance(v, str) else f"{v:.3g}"
 
 
-def diff_report(r: dict[str, Any]) -> None:
+def diff_report(r: DiffReport) -> None:
     """Key differences, per-module relative change bars, changed tensors, then the verdict."""
     a, b = r["a"], r["b"]
     out.print(f"A: [bold]{safe(a['path'])}[/] ({a['format']}, {a['tensors']} tensors)")
@@ -809,8 +834,8 @@ def diff_report(r: dict[str, Any]) -> None:
         out.print(
             f"[red]shape changed[/] {safe(row['key'])}: {tuple(row['a'])} → {tuple(row['b'])}"
         )
-    for row in r["dtype_changed"][:12]:
-        out.print(f"[red]dtype changed[/] {safe(row['key'])}: {row['a']} → {row['b']}")
+    for change in r["dtype_changed"][:12]:
+        out.print(f"[red]dtype changed[/] {safe(change['key'])}: {change['a']} → {change['b']}")
     mods = r["modules"]
     if mods:
         out.print("[bold]relative change ||a-b|| / ||a|| by module[/]")
@@ -892,7 +917,7 @@ def sampled_steps(n: int, rows: int = 20) -> list[int]:
 _CHECK_STATUS = {True: "[green]ok[/]", False: "[bold red]FAIL[/]", None: "[dim]skipped[/]"}
 
 
-def smoke_train_report(r: dict[str, Any]) -> None:
+def smoke_train_report(r: SmokeReport) -> None:
     """`ckpt smoke-train`: setup line, per-step losses, the curve, and each check."""
     cfg = r["config"]
     out.print(
@@ -947,7 +972,7 @@ def demo_step(title: str, command: str, output: str) -> None:
     out.print(Text(output))
 
 
-def demo_summary(rows: list[dict[str, Any]], workdir: str) -> None:
+def demo_summary(rows: list[DemoStep], workdir: str) -> None:
     out.print("\n[bold]summary[/]")
     table = Table(box=None, pad_edge=False)
     table.add_column("step")
@@ -964,12 +989,14 @@ def demo_summary(rows: list[dict[str, Any]], workdir: str) -> None:
     out.print(f"files are in {safe(workdir)}")
 
 
-def read_report(command: str, data: dict[str, Any]) -> None:
-    """The tables of a read command's report (count, diff, smoke-train, archs)."""
-    renderers: dict[str, Any] = {
-        "count": count_report,
-        "diff": diff_report,
-        "smoke-train": smoke_train_report,
-        "archs": lambda d: arch_list(d, None),
-    }
-    renderers[command](data)
+def read_report(command: str, data: Mapping[str, Any]) -> None:
+    """The tables of a read command's report (count, diff, smoke-train, archs); data is the
+    command's reports.* shape (the one place that is asserted)."""
+    if command == "count":
+        count_report(cast("CountReport", data))
+    elif command == "diff":
+        diff_report(cast("DiffReport", data))
+    elif command == "smoke-train":
+        smoke_train_report(cast("SmokeReport", data))
+    elif command == "archs":
+        arch_list(cast("ArchList", data), None)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ckpt_tool.errors import CheckFailed, UsageError
 from ckpt_tool.formats.chunks import BufferPool, Chunk, ChunkedStream, Job
 from ckpt_tool.formats.safe_pickle import DTYPE_SIZES
+from ckpt_tool.reports import ModuleError
 from ckpt_tool.surgery.prefixes import wrapper_chain
 
 if TYPE_CHECKING:
@@ -535,7 +536,7 @@ def _np_account(x: Any, y: Any, stats: CastStats) -> None:
             stats.max_abs_error = max(stats.max_abs_error, float(np.abs(diff).max()))
 
 
-def module_errors(stats: dict[str, CastStats], depth: int = 2) -> list[dict[str, Any]]:
+def module_errors(stats: dict[str, CastStats], depth: int = 2) -> list[ModuleError]:
     """Largest relative error per module (first `depth` path components), largest first."""
     worst: dict[str, float] = {}
     for key, s in stats.items():

@@ -18,6 +18,7 @@ from typing import Any
 
 from ckpt_tool.checkpoint import BN_EVAL_FIELD
 from ckpt_tool.errors import CkptError, UsageError, WeightsNotFound
+from ckpt_tool.reports import CountModule, CountTotals, FreezeRow, MatchCount
 
 from .prefixes import wrapper_chain
 
@@ -98,7 +99,7 @@ class FreezePlan:
     regex: bool
     before: dict[str, bool]  # parameter key -> requires_grad
     after: dict[str, bool]
-    matched: dict[str, dict[str, int]]  # pattern -> {"parameters": n, "buffers": n}
+    matched: dict[str, MatchCount]  # pattern -> {"parameters": n, "buffers": n}
     matched_buffers: list[str]
     bn_eval_before: list[str]
     bn_eval_after: list[str]
@@ -145,7 +146,7 @@ def plan_freeze(
     keys = [*params, *buffers]
     names = {k: bare(k) for k in keys}
     selected: set[str] = set()
-    matched: dict[str, dict[str, int]] = {}
+    matched: dict[str, MatchCount] = {}
     for pattern in patterns:
         match = compile_pattern(pattern, regex, label)
         hits = [k for k in keys if match(names[k])]
@@ -294,7 +295,7 @@ def group_of(key: str, depth: int = 1, strip: str = "") -> str:
     return ".".join(parts[:depth]) if parts else "(root)"
 
 
-def count_report(rows: Sequence[CountRow], depth: int = 1, strip: str = "") -> dict[str, Any]:
+def count_report(rows: Sequence[CountRow], depth: int = 1, strip: str = "") -> CountTotals:
     """Parameters (trainable, frozen), buffers, bytes by dtype and per module; ties once."""
     unique = [r for r in rows if not r.duplicate]
     params = [r for r in unique if r.parameter]
@@ -304,7 +305,7 @@ def count_report(rows: Sequence[CountRow], depth: int = 1, strip: str = "") -> d
         by_dtype[r.dtype] = by_dtype.get(r.dtype, 0) + r.nbytes
     total = sum(r.numel for r in params)
     trainable = sum(r.numel for r in params if r.trainable)
-    modules: dict[str, dict[str, Any]] = {}
+    modules: dict[str, CountModule] = {}
     for r in unique:
         g = group_of(r.key, depth, strip)
         m = modules.setdefault(
@@ -338,10 +339,10 @@ def count_report(rows: Sequence[CountRow], depth: int = 1, strip: str = "") -> d
 
 def freeze_summary(
     numel: Mapping[str, int], plan: FreezePlan, strip: str = ""
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[FreezeRow], FreezeRow]:
     """Per top-level module and in total: parameters trainable and frozen, before and after."""
 
-    def empty(name: str) -> dict[str, Any]:
+    def empty(name: str) -> FreezeRow:
         return {
             "module": name,
             "params": 0,
@@ -349,7 +350,7 @@ def freeze_summary(
             "after": {"trainable": 0, "frozen": 0},
         }
 
-    modules: dict[str, dict[str, Any]] = {}
+    modules: dict[str, FreezeRow] = {}
     total = empty("total")
     for key, n in numel.items():
         row = modules.setdefault(group_of(key, 1, strip), empty(group_of(key, 1, strip)))

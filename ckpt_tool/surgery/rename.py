@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt_tool.errors import SurgeryError, UsageError
+from ckpt_tool.reports import RenameGroup
 
 from .prefixes import WRAPPERS, wrapper_chain
 
@@ -26,9 +27,9 @@ class RenamePlan:
     def changed(self) -> list[tuple[str, str]]:
         return [(a, b) for a, b in self.pairs if a != b]
 
-    def groups(self, examples: int = 3) -> list[dict[str, Any]]:
+    def groups(self, examples: int = 3) -> list[RenameGroup]:
         """Changed keys grouped by the rule that renamed them, with a few examples each."""
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, RenameGroup] = {}
         for old, new in self.changed:
             rule = self.rules.get(old, "renamed")
             g = out.setdefault(rule, {"rule": rule, "count": 0, "examples": []})

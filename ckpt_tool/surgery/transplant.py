@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import SurgeryError, UsageError
+from ckpt_tool.reports import (
+    BlockRow,
+    KeyFate,
+    StatusCount,
+    TransplantPlanReport,
+    TransplantTotals,
+)
 
 from .prefixes import LIGHTNING, detect_prefix
 from .rename import regex_plan
@@ -72,7 +79,7 @@ class KeyPlan:
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> KeyFate:
         return {
             "key": self.key,
             "status": self.status,
@@ -133,12 +140,12 @@ class TransplantPlan:
     in_chans: int | None = None
     notes: list[str] = field(default_factory=list)
 
-    def totals(self) -> dict[str, Any]:
+    def totals(self) -> TransplantTotals:
         """Counts per status; coverage is transferred parameters / the target's parameters."""
         params = [k for k in self.keys if k.kind == "parameter"]
         target_params = sum(k.numel for k in params)
         copied_params = sum(k.numel for k in params if k.status in TRANSFERRED)
-        by_status: dict[str, dict[str, int]] = {}
+        by_status: dict[str, StatusCount] = {}
         for k in [*self.keys, *self.unused]:
             s = by_status.setdefault(k.status, {"keys": 0, "params": 0})
             s["keys"] += 1
@@ -457,7 +464,7 @@ def _row_signature(rel: str, k: KeyPlan) -> tuple[Any, ...]:
     return (rel, k.status, k.shape, k.source_shape, k.dtype, k.detail, k.init, k.rule)
 
 
-def group_rows(rows: Sequence[KeyPlan]) -> list[dict[str, Any]]:
+def group_rows(rows: Sequence[KeyPlan]) -> list[BlockRow]:
     """Rows grouped by block (layer1.0), identical consecutive blocks collapsed (layer1.0–2)."""
     units: list[tuple[str, list[tuple[str, KeyPlan]]]] = []
     for k in rows:
@@ -466,7 +473,7 @@ def group_rows(rows: Sequence[KeyPlan]) -> list[dict[str, Any]]:
             units[-1][1].append((rel, k))
         else:
             units.append((unit, [(rel, k)]))
-    groups: list[dict[str, Any]] = []
+    groups: list[BlockRow] = []
     last_sig: tuple[Any, ...] | None = None
     for unit, members in units:
         sig = tuple(_row_signature(rel, k) for rel, k in members)
@@ -486,7 +493,7 @@ def group_rows(rows: Sequence[KeyPlan]) -> list[dict[str, Any]]:
             g["module"] = f"{m.group(1)}.{first}–{g['_last']}"
             continue
         statuses = {k.status for _, k in members}
-        rows_json = []
+        rows_json: list[KeyFate] = []
         for rel, k in members:
             r = k.as_json()
             r["key"] = rel
@@ -510,7 +517,7 @@ def group_rows(rows: Sequence[KeyPlan]) -> list[dict[str, Any]]:
     return groups
 
 
-def report(plan_: TransplantPlan) -> dict[str, Any]:
+def report(plan_: TransplantPlan) -> TransplantPlanReport:
     """The JSON-ready report: every key, the grouped table, totals."""
     return {
         "prefix_removed": plan_.prefix or None,
