@@ -173,6 +173,14 @@ def test_average_and_diff(tmp_path: Path) -> None:
     assert other.exit_code == 3 and not other.data["identical"]
 
 
+def test_archs_lists_the_registry() -> None:
+    from ckpt_tool import api
+
+    listed = api.archs("conv*")
+    assert listed.exit_code == 0 and "convnet" in listed.data["seed"]["names"]
+    assert all(n.startswith("conv") for n in listed.data["seed"]["names"])
+
+
 def test_inspect_and_scan() -> None:
     report = ckpt_tool.inspect(FIXTURES / "convnet_dataparallel.pth", stats=True)
     assert report.exit_code == 0 and report.data["prefix"]
