@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import secrets
+import shutil
 import struct
 import threading
 import zlib
@@ -111,6 +112,28 @@ def atomic_file(target: Path) -> Iterator[tuple[BinaryIO, Path]]:
     finally:
         if not f.closed:
             f.close()
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path, create: bool = True) -> Iterator[Path]:
+    """A fresh temp folder beside target; when the block succeeds it replaces target (the
+    old one moved aside, then removed) and the rename is made durable; else it is removed."""
+    if target.exists() and not target.is_dir():
+        raise OutputRefused(f"{target}: exists and is not a folder")
+    tmp = target.parent / f".{target.name}{TMP_MARK}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if create:
+        tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = target.parent / f".{target.name}.ckpt-old-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        commit(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def commit(tmp: Path, target: Path) -> None:

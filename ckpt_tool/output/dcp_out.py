@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import warnings
 import zlib
 from pathlib import Path
 from typing import Any
 
 from ckpt_tool.checkpoint import Checkpoint, TensorEntry
-from ckpt_tool.errors import OutputRefused, WriteFailed
+from ckpt_tool.errors import WriteFailed
 from ckpt_tool.formats import dcp, writer
 from ckpt_tool.formats.pickle_rules import SAFE
 from ckpt_tool.formats.raw import tensor_bytes
@@ -26,12 +24,8 @@ def write_dcp(tensors: dict[str, Any], target: Path, *, verify: bool) -> int:
     from torch.distributed.checkpoint.filesystem import FileSystemWriter
     from torch.distributed.checkpoint.state_dict_saver import save
 
-    if target.exists() and not target.is_dir():
-        raise OutputRefused(f"{target}: exists and is not a folder")
-    parent = target.parent
-    tmp = parent / f".{target.name}{writer.TMP_MARK}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # torch's writer creates the folder itself
+    with writer.atomic_folder(target, create=False) as tmp:
         with warnings.catch_warnings():  # "assuming ... a single process": that is the intent
             warnings.simplefilter("ignore", UserWarning)
             save(dict(tensors), storage_writer=FileSystemWriter(str(tmp)))
@@ -54,14 +48,6 @@ def write_dcp(tensors: dict[str, Any], target: Path, *, verify: bool) -> int:
                     or _crc(got) != _crc(t)
                 ):
                     raise WriteFailed(f"{target}: verification failed for {key!r}")
-        old = parent / f".{target.name}.ckpt-old-{os.getpid()}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return sum(p.stat().st_size for p in target.iterdir() if p.is_file())
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -36,29 +35,16 @@ def write_hf_folder(
 ) -> dict[str, Any]:
     """A complete model folder at target: the weights (shards and an index past max_shard),
     config.json with its dtype fields updated, every other file of the input folder copied."""
-    if target.exists() and any(target.iterdir()) and not force:
+    if target.is_dir() and any(target.iterdir()) and not force:
         raise OutputRefused(f"{target}: exists and is not empty; pass --force to replace it")
-    if target.exists() and not target.is_dir():
-        raise OutputRefused(f"{target}: exists and is not a folder")
     source = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
-    tmp = target.parent / f".{target.name}{writer.TMP_MARK}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with writer.atomic_folder(target) as tmp:
         results, index, _ = write_sharded(
             weights, tmp / WEIGHTS_NAME, sources, metadata, max_shard or (1 << 62),
             force=True, verify=verify,
         )  # fmt: skip
         copied = _copy_others(source, tmp)
         dtype = _config_dtype(source, tmp, weights)
-        old = target.parent / f".{target.name}.ckpt-old-{os.getpid()}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     files = sorted(p.name for p in target.iterdir())
     return {
         "format": "hf-folder",
