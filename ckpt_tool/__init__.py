@@ -39,7 +39,8 @@ __version__ = "0.1.0"
 
 # Imported on first use, so `import ckpt_tool` (and the `ckpt` entry point) costs nothing
 # until a name is needed, and `import ckpt_tool` stays free of torch.
-_LAZY = {
+# Names outside the API package; every other name of __all__ is a command of ckpt_tool.api.
+_ELSEWHERE = {
     "Checkpoint": ".checkpoint",
     "TensorEntry": ".checkpoint",
     "load": ".checkpoint",
@@ -49,28 +50,6 @@ _LAZY = {
     "Report": ".output",
     "WriteReport": ".output",
     "ScanReport": ".scanning",
-    "InspectReport": ".api",
-    **dict.fromkeys(
-        [
-            "add_module",
-            "average",
-            "cast",
-            "convert",
-            "count",
-            "diff",
-            "drop",
-            "extract",
-            "freeze",
-            "inspect",
-            "merge_lora",
-            "rename",
-            "scan",
-            "smoke_train",
-            "strip_module",
-            "transplant",
-        ],
-        ".api",
-    ),
 }
 __all__ = [
     "Checkpoint",
@@ -104,7 +83,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _ELSEWHERE.get(name, ".api" if name in __all__ else None)
     if module is None:
         raise AttributeError(f"module 'ckpt_tool' has no attribute {name!r}")
     value = getattr(import_module(module, __name__), name)
