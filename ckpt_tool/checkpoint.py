@@ -32,10 +32,10 @@ from .formats.safe_pickle import (
     contiguous_stride,
     fortran_to_c,
     global_name,
-    view_key,
     walk,
 )
 from .formats.survey import Finding, Mapped, Survey, survey_file
+from .memory import paused_gc
 
 # Keys under which training checkpoints keep their weights, in the order we pick a default.
 WEIGHT_KEYS = (
@@ -215,10 +215,10 @@ def unique_numel(entries: Iterable[TensorEntry]) -> int:
     seen: set[tuple[Any, ...]] = set()
     total = 0
     for e in entries:
-        key = view_key(e.record)
-        if key not in seen:
-            seen.add(key)
-            total += e.numel
+        rec = e.record
+        if rec.view not in seen:
+            seen.add(rec.view)
+            total += rec.numel
     return total
 
 
@@ -534,9 +534,9 @@ def _check_storages(ckpt: Checkpoint, result: PickleResult, what: str = "data.pk
                     f"{ckpt.path}: storage {key} claims {storage.nbytes} bytes but its record "
                     f"holds {info.file_size}: corrupt or hostile file"
                 )
-    for obj in walk(result.root):
-        if isinstance(obj, TensorRecord) and obj.storage is not None:
-            _check_view(ckpt, obj)
+    for rec in result.records:
+        if rec.storage is not None:
+            _check_view(ckpt, rec)
 
 
 def _check_view(ckpt: Checkpoint, rec: TensorRecord) -> None:
@@ -887,9 +887,9 @@ def _load_pickle(ckpt: Checkpoint, survey: Survey, weights: str | None) -> None:
     result = _main_pickle(ckpt, survey)
     if survey.legacy is not None:
         ckpt._legacy = survey.legacy.offsets
-        for obj in walk(result.root):
-            if isinstance(obj, TensorRecord) and obj.storage is not None:
-                _check_view(ckpt, obj)
+        for rec in result.records:
+            if rec.storage is not None:
+                _check_view(ckpt, rec)
     elif ckpt.format == "torch-legacy":
         raise UnreadableCheckpoint(f"{ckpt.path}: {survey.errors[0].message}")
     elif result.storages:
@@ -1121,7 +1121,11 @@ def _load_dcp(ckpt: Checkpoint, weights: str | None) -> None:
 
 def load(path: str | Path, weights: str | None = None) -> Checkpoint:
     """Read a checkpoint's metadata (never its tensor bytes) and choose its weights."""
-    p = Path(path)
+    with paused_gc():
+        return _load(Path(path), weights)
+
+
+def _load(p: Path, weights: str | None) -> Checkpoint:
     fmt = detect(p)
     size = (
         sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
@@ -1139,7 +1143,7 @@ def load(path: str | Path, weights: str | None = None) -> Checkpoint:
         elif fmt == "hf-folder":
             inner = _single_weights_in(p)
             assert inner is not None
-            sub = load(inner, weights)
+            sub = _load(inner, weights)
             sub.path, sub.format = p, f"hf-folder ({sub.format})"
             config = p / "config.json"
             if config.is_file():

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import progress
 from .checkpoint import Checkpoint, TensorEntry, counts_as_parameter, unique_numel
-from .formats.safe_pickle import TensorRecord, view_key
+from .formats.safe_pickle import TensorRecord
 from .keys import natural_key
 from .reports import InspectData, ModuleShare, TensorInfo, TensorStats
 from .surgery.prefixes import detect_prefix
@@ -76,8 +76,14 @@ def shared_groups(ckpt: Checkpoint) -> list[list[str]]:
     """Keys that are one tensor (tied weights: same storage, offset, shape and strides)."""
     by_view: dict[tuple[Any, ...], list[str]] = {}
     for key, e in ckpt.tensors.items():
-        if e.record.storage is not None:
-            by_view.setdefault(view_key(e.record), []).append(key)
+        if e.record.storage is None:
+            continue
+        view = e.record.view
+        keys = by_view.get(view)
+        if keys is None:
+            by_view[view] = [key]
+        else:
+            keys.append(key)
     return [keys for keys in by_view.values() if len(keys) > 1]
 
 
@@ -85,8 +91,14 @@ def view_groups(ckpt: Checkpoint) -> list[list[str]]:
     """Keys that are different views of one storage (cuDNN's flat RNN weights, slices)."""
     by_storage: dict[int, dict[tuple[Any, ...], str]] = {}
     for key, e in ckpt.tensors.items():
-        if e.record.storage is not None:
-            by_storage.setdefault(id(e.record.storage), {}).setdefault(view_key(e.record), key)
+        storage, view = e.record.storage, e.record.view
+        if storage is None:
+            continue
+        views = by_storage.get(id(storage))
+        if views is None:
+            by_storage[id(storage)] = {view: key}
+        elif view not in views:
+            views[view] = key
     return [list(views.values()) for views in by_storage.values() if len(views) > 1]
 
 
@@ -137,20 +149,24 @@ def _quant_json(rec: TensorRecord) -> dict[str, Any]:
 def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> InspectData:
     """Everything `ckpt inspect` shows, as plain data."""
     entries = select(ckpt.tensors, pattern)
-    params = [e for e in ckpt.tensors.values() if counts_as_parameter(ckpt, e)]
-    buffers = [e for e in ckpt.tensors.values() if not counts_as_parameter(ckpt, e)]
+    params: list[TensorEntry] = []
+    buffers: list[TensorEntry] = []
     by_dtype: Counter[str] = Counter()
     devices: Counter[str] = Counter()
     seen: set[tuple[Any, ...]] = set()
     for e in ckpt.tensors.values():
-        devices[e.record.device] += 1
-        if view_key(e.record) not in seen:  # a tied weight's bytes once
-            seen.add(view_key(e.record))
-            by_dtype[e.dtype] += e.nbytes
+        (params if counts_as_parameter(ckpt, e) else buffers).append(e)
+        rec = e.record
+        devices[rec.device] += 1
+        if rec.view not in seen:  # a tied weight's bytes once
+            seen.add(rec.view)
+            by_dtype[rec.dtype] += rec.nbytes
     prefix = detect_prefix(ckpt.tensors)
     suggestion = prefix.suggestion.format(path=ckpt.path) if prefix.suggestion else None
     frozen = ckpt.frozen
-    trainable = unique_numel(e for e in params if e.key not in set(frozen))
+    frozen_set = set(frozen)
+    trainable = unique_numel(e for e in params if e.key not in frozen_set)
+    num_params = unique_numel(params)
     return {
         "file": str(ckpt.path),
         "format": ckpt.format,
@@ -168,7 +184,7 @@ def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> InspectData:
         },
         "extras": ckpt.extras,
         "num_tensors": len(ckpt.tensors),
-        "num_params": unique_numel(params),
+        "num_params": num_params,
         "num_buffer_elements": unique_numel(buffers),
         "param_kinds_inferred": not ckpt.frozen_recorded and ckpt.layout != "module",
         "bytes_by_dtype": dict(sorted(by_dtype.items())),
@@ -186,7 +202,7 @@ def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> InspectData:
         "trainable": {
             "recorded": ckpt.frozen_recorded,
             "trainable_params": trainable,
-            "frozen_params": unique_numel(params) - trainable,
+            "frozen_params": num_params - trainable,
             "frozen_keys": frozen,
             "bn_eval": ckpt.bn_eval,
         },

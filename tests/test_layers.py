@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ckpt_tool"
 
 # Bottom first. A module may import its own layer and the layers below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "keys", "progress", "reports")),
+    ("base", ("errors", "keys", "memory", "progress", "reports")),
     ("formats", ("formats",)),
     ("readers", ("checkpoint", "tensors")),
     ("surgery", ("surgery",)),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.checkpoint import Checkpoint, load
 from ckpt_tool.errors import EXIT_CHECK_FAILED, UsageError
+from ckpt_tool.memory import paused_gc
 from ckpt_tool.output.options import PathLike
 from ckpt_tool.output.report import Report
 from ckpt_tool.reports import InspectData, TensorStats
@@ -46,6 +47,7 @@ class InspectReport(Report[InspectData]):
         return build_tree(self.entries, self.checkpoint.modules)
 
 
+@paused_gc()
 def inspect(
     path: PathLike,
     *,
@@ -79,6 +81,7 @@ def inspect(
     return report
 
 
+@paused_gc()
 def count(
     path: PathLike | None = None,
     *,
@@ -115,6 +118,7 @@ def count(
     return Report("count", data, EXIT_CHECK_FAILED if dangerous else 0, dangerous=dangerous)
 
 
+@paused_gc()
 def scan(
     paths: PathLike | Sequence[PathLike], *, strict: bool = False, crc: bool = False
 ) -> ScanReport:
@@ -125,6 +129,7 @@ def scan(
     return scan_paths([Path(p) for p in items], strict=strict, check_crc=crc)
 
 
+@paused_gc()
 def diff(
     a: PathLike,
     b: PathLike,

@@ -27,6 +27,7 @@ from ckpt_tool.errors import (
     UsageError,
     WeightsNotFound,
 )
+from ckpt_tool.memory import paused_gc
 from ckpt_tool.output.naming import is_folder_output, resolve_output
 from ckpt_tool.output.options import DEFAULT_MIN_COVERAGE, PathLike, WriteArgs, WriteOptions
 from ckpt_tool.output.report import WriteReport
@@ -78,6 +79,7 @@ def _rename_details(plan: RenamePlan) -> RenameDetails:
     }
 
 
+@paused_gc()
 def strip_module(
     path: PathLike,
     *,
@@ -95,6 +97,7 @@ def strip_module(
     )
 
 
+@paused_gc()
 def add_module(
     path: PathLike,
     *,
@@ -112,6 +115,7 @@ def add_module(
     )
 
 
+@paused_gc()
 def rename(
     path: PathLike,
     maps: Sequence[str],
@@ -152,6 +156,7 @@ def select_items(
     return kept, left
 
 
+@paused_gc()
 def extract(
     path: PathLike,
     *,
@@ -200,6 +205,7 @@ def extract(
     )
 
 
+@paused_gc()
 def drop(
     path: PathLike,
     patterns: Sequence[str],
@@ -271,6 +277,7 @@ def _tensor_bytes(values: list[Any]) -> int:
 # --- freeze ------------------------------------------------------------------------------------
 
 
+@paused_gc()
 def freeze(
     path: PathLike,
     patterns: Sequence[str],
@@ -402,6 +409,7 @@ def _refuse_no_change(ckpt: Checkpoint, casting: Casting) -> None:
     )
 
 
+@paused_gc()
 def cast(
     path: PathLike,
     dtype: str,
@@ -427,6 +435,7 @@ def cast(
         return write(plan, write_options(options))
 
 
+@paused_gc()
 def convert(
     path: PathLike,
     output: PathLike,
@@ -524,6 +533,7 @@ def convert(
 # --- merges ------------------------------------------------------------------------------------
 
 
+@paused_gc()
 def merge_lora(
     base: PathLike,
     adapter: PathLike,
@@ -562,6 +572,7 @@ def merge_lora(
     return write(plan, write_options(options))
 
 
+@paused_gc()
 def average(
     paths: Sequence[PathLike],
     *,

@@ -13,6 +13,7 @@ import _compat_pickle
 import collections
 import io
 import itertools
+import math
 import pickle
 import re
 from collections import deque
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ckpt_tool.errors import UnreadableCheckpoint, UnsafeCheckpoint
+from ckpt_tool.memory import paused_gc
 
 from .pickle_rules import (
     CALL_OK,
@@ -224,17 +226,21 @@ class TensorRecord:
     rebuild: str = "torch._utils._rebuild_tensor_v2"
     metadata: Any = None
     quant: QuantParams | None = None  # quantized tensors (qint8, quint8, qint32)
+    # computed once: records are never mutated in shape or dtype (dataclasses.replace makes a
+    # new one), and a 100,000-tensor report asks for them several times per tensor
+    numel: int = field(init=False, repr=False)
+    nbytes: int = field(init=False, repr=False)
+    view: tuple[Any, ...] = field(init=False, repr=False)  # see view_key
 
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * DTYPE_SIZES.get(self.dtype, 1)
+    def __post_init__(self) -> None:
+        self.numel = math.prod(self.shape)
+        self.nbytes = self.numel * DTYPE_SIZES.get(self.dtype, 1)
+        storage = self.storage
+        self.view = (
+            (id(self),)
+            if storage is None
+            else (id(storage), self.offset, self.shape, self.stride, self.dtype)
+        )
 
     @property
     def device(self) -> str:
@@ -243,9 +249,7 @@ class TensorRecord:
 
 def view_key(rec: TensorRecord) -> tuple[Any, ...]:
     """Records with equal keys are the same tensor (tied weights), even as separate objects."""
-    if rec.storage is None:
-        return (id(rec),)
-    return (id(rec.storage), rec.offset, rec.shape, rec.stride, rec.dtype)
+    return rec.view
 
 
 # --- inert records for everything else -------------------------------------------------------
@@ -390,17 +394,27 @@ def children(obj: Any) -> Iterator[Any]:
         yield obj.storage
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes, bytearray, complex})
+
+
 def walk(root: Any) -> Iterator[Any]:
     """Every object reachable from root, once each, without recursion (cycles are fine)."""
     seen: set[int] = set()
     queue: deque[Any] = deque([root])
+    pop, extend, leaves = queue.popleft, queue.extend, _LEAVES
     while queue:
-        obj = queue.popleft()
+        obj = pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
         yield obj
-        queue.extend(children(obj))
+        if type(obj) in leaves:
+            continue  # most objects of a large pickle: keys, shapes, numbers
+        if type(obj) is TensorRecord:
+            if obj.storage is not None:
+                queue.append(obj.storage)
+        else:
+            extend(children(obj))
 
 
 MAX_LITERAL_ITEMS = 64
@@ -485,6 +499,8 @@ def _codecs_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") ->
 
 
 def _ordered_dict(*args: Any) -> collections.OrderedDict[Any, Any]:
+    if not args:  # every tensor's backward_hooks
+        return collections.OrderedDict()
     return collections.OrderedDict(*(_bounded(a) for a in args))
 
 
@@ -498,6 +514,12 @@ def _default_dict(*args: Any) -> collections.defaultdict[Any, Any]:
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if type(value) is tuple:  # the common case, without a generator per tensor
+        for v in value:
+            if type(v) is not int:
+                break
+        else:
+            return value
     if not isinstance(value, (tuple, list)) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
@@ -520,7 +542,7 @@ def _tensor(
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
     shape = _int_tuple(size, "shape")
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise pickle.UnpicklingError(f"tensor shape {list(shape)} has a negative dimension")
     if not isinstance(offset, int) or offset < 0:
         raise pickle.UnpicklingError("tensor storage offset is not a non-negative integer")
@@ -919,18 +941,26 @@ class SafeCallable:
     them names something no scanner can know in advance.
     """
 
-    __slots__ = ("_computed", "ckpt_name", "fn")
+    __slots__ = ("_computed", "_made", "ckpt_name", "fn")
 
     def __init__(
-        self, fn: Callable[..., Any], name: str, computed: dict[int, Any] | None = None
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        computed: dict[int, Any] | None = None,
+        made: list[TensorRecord] | None = None,
     ) -> None:
         self.fn = fn
         self.ckpt_name = name
         self._computed = computed
+        self._made = made
 
     def __call__(self, *args: Any) -> Any:
         result = self.fn(*args)
-        if isinstance(result, str) and self._computed is not None:
+        if type(result) is TensorRecord:
+            if self._made is not None:
+                self._made.append(result)
+        elif isinstance(result, str) and self._computed is not None:
             self._computed[id(result)] = result
         return result
 
@@ -938,7 +968,9 @@ class SafeCallable:
         raise _Tampering(self.ckpt_name)
 
 
-def _fresh(name: str, value: Any, computed: dict[int, Any]) -> Any:
+def _fresh(
+    name: str, value: Any, computed: dict[int, Any], made: list[TensorRecord] | None = None
+) -> Any:
     """A per-read stand-in for an allowlist entry, so a hostile BUILD (which sets attributes on
     whatever object is on the stack) can never alter state shared with later reads."""
     if isinstance(value, DType):
@@ -949,7 +981,7 @@ def _fresh(name: str, value: Any, computed: dict[int, Any]) -> Any:
         return inert_class("builtins", "object")
     if isinstance(value, type):
         return type(value.__name__, (value,), {"__module__": value.__module__})
-    return SafeCallable(value, name, computed)
+    return SafeCallable(value, name, computed, made)
 
 
 # --- the unpickler ------------------------------------------------------------------------------
@@ -978,6 +1010,9 @@ class PickleResult:
     start: int = 0  # where in its buffer the pickle began, and where reading ended
     end: int = 0
     foreign_pids: int = 0  # persistent ids that are not torch storages
+    # every tensor record an allowlisted rebuild returned (a superset of those reachable from
+    # root: the pickle cannot make a record any other way), so checks need no walk
+    records: list[TensorRecord] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -1089,7 +1124,9 @@ class SafeUnpickler(pickle.Unpickler):
         use.computed = use.computed or computed
         if use.allowlisted:
             if qualified not in self._fresh:
-                self._fresh[qualified] = _fresh(qualified, ALLOWLIST[qualified], self._computed)
+                self._fresh[qualified] = _fresh(
+                    qualified, ALLOWLIST[qualified], self._computed, self.result.records
+                )
             return self._fresh[qualified]
         cls = self._inert_types.get(qualified)
         if cls is None:
@@ -1181,7 +1218,8 @@ def _run(buf: Any, start: int, peek: bool) -> PickleResult:
     result = unpickler.result
     result.start = start
     try:
-        result.root = unpickler.load()
+        with paused_gc():
+            result.root = unpickler.load()
     except RecursionError:
         result.failure = "pickle nests too deeply to read"
     except MemoryError:

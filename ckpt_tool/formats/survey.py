@@ -15,7 +15,6 @@ import mmap
 import os
 import struct
 import tarfile
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -529,10 +528,10 @@ def _survey_zip(buf: Any, survey: Survey) -> None:
 
 
 def _check_member_crc(
-    buf: Any, survey: Survey, read: torch_zip.ZipRead, info: zipfile.ZipInfo
+    buf: Any, survey: Survey, read: torch_zip.ZipRead, info: torch_zip.Member
 ) -> None:
     start = read.index.offsets.get(info.filename)
-    if start is None or info.compress_type != zipfile.ZIP_STORED:
+    if start is None or info.compress_type != torch_zip.STORED:
         return
     crc, step = 0, 16 << 20
     with memoryview(buf) as view:
@@ -557,7 +556,7 @@ def _trailing_in_member(data: bytes, survey: Survey, member: str, pos: int) -> N
 _PICKLE_STARTS = frozenset(b"\x80(}]cNIJKLFSVXPdGiUlTBCe)")
 
 
-def _pickle_member(index: torch_zip.ZipIndex, info: zipfile.ZipInfo, buf: Any) -> str | None:
+def _pickle_member(index: torch_zip.ZipIndex, info: torch_zip.Member, buf: Any) -> str | None:
     """How to treat a member: "pickle" (`*.pkl`, or starts with a protocol 2+ header), "maybe"
     (small and starts with a pickle opcode: kept only if it names something), or None (tensor
     storage records, which torch reads as raw bytes, never as pickles)."""
@@ -570,7 +569,7 @@ def _pickle_member(index: torch_zip.ZipIndex, info: zipfile.ZipInfo, buf: Any) -
     offset = index.offsets.get(name)
     if offset is None or info.file_size > 1 << 26:
         return None
-    if info.compress_type != zipfile.ZIP_STORED:
+    if info.compress_type != torch_zip.STORED:
         return "maybe"
     head = bytes(buf[offset : offset + 4])
     if head == torch_zip.ZIP_MAGIC:
@@ -659,11 +658,11 @@ def _survey_npy(buf: Any, survey: Survey, key: str, start: int, member: str = "a
     )
 
 
-def _npz_member(buf: Any, survey: Survey, read: torch_zip.ZipRead, info: zipfile.ZipInfo) -> None:
+def _npz_member(buf: Any, survey: Survey, read: torch_zip.ZipRead, info: torch_zip.Member) -> None:
     """One array of an `.npz`: read in place when stored, inflated when compressed (whose
     bytes then cannot be read in place: its data offset is -1)."""
     key = info.filename[: -len(".npy")]
-    if info.compress_type == zipfile.ZIP_STORED and info.filename in read.index.offsets:
+    if info.compress_type == torch_zip.STORED and info.filename in read.index.offsets:
         _survey_npy(buf, survey, key, read.index.offsets[info.filename], info.filename)
         return
     try:

@@ -10,7 +10,6 @@ for one name, `read_zip` reports an ambiguity instead of choosing.
 from __future__ import annotations
 
 import struct
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +17,13 @@ from typing import Any
 
 from ckpt_tool.errors import UnreadableCheckpoint
 
-from .safe_pickle import BufferStream
-
 ZIP_MAGIC = b"PK\x03\x04"
 _EOCD = b"PK\x05\x06"
 _EOCD64_LOCATOR = b"PK\x06\x07"
 _EOCD64 = b"PK\x06\x06"
 _DESCRIPTOR = b"PK\x07\x08"
 _LOCAL = struct.Struct("<4sHHHHHLLLHH")  # sig, version, flags, method, time, date, crc, sizes, lens
+STORED, DEFLATED = 0, 8  # compression methods
 MAX_INFLATED = 1 << 28  # a pickle member inflated past 256 MB is refused (zip bombs)
 
 
@@ -40,18 +38,18 @@ class ZipIndex:
 
     path: Path
     prefix: str
-    members: dict[str, zipfile.ZipInfo]
+    members: dict[str, Member]
     offsets: dict[str, int] = field(default_factory=dict)  # member -> absolute data offset
     byteorder: str = "little"
 
-    def storage_member(self, key: str) -> zipfile.ZipInfo | None:
+    def storage_member(self, key: str) -> Member | None:
         """The record of a storage key: `data/KEY`, or a folder named in the key itself
         (`constants/0` for TorchScript's constants, `data/weights/weight_0` in .pt2)."""
         if "/" in key:
             return self.members.get(f"{self.prefix}/{key}")
         return self.members.get(f"{self.prefix}/data/{key}")
 
-    def data_offset(self, info: zipfile.ZipInfo) -> int:
+    def data_offset(self, info: Member) -> int:
         """Absolute offset of a member's bytes (from its local header)."""
         offset = self.offsets.get(info.filename)
         if offset is None:
@@ -69,7 +67,7 @@ class ZipRead:
     """A zip's directory read the way torch reads it, and what stood out."""
 
     index: ZipIndex
-    infos: list[zipfile.ZipInfo]
+    infos: list[Member]
     ambiguities: list[tuple[str, int | None]]  # (message, offset): readers could disagree
     damage: list[tuple[str, str | None]]  # (message, member): unreadable parts
     trailing: int = 0  # bytes after the end-of-directory record (its comment included)
@@ -123,17 +121,158 @@ def embedded_zip(buf: Any) -> int | None:
     return cd - end.cd_offset if cd - end.cd_offset >= 0 else None
 
 
+class DirectoryError(Exception):
+    """A central directory that cannot be read."""
+
+
+class Member:
+    """One central directory entry, with the fields (and names) of `Member`."""
+
+    __slots__ = (
+        "CRC",
+        "compress_size",
+        "compress_type",
+        "file_size",
+        "filename",
+        "flag_bits",
+        "header_offset",
+        "orig_filename",
+        "raw_name",
+    )
+
+    def __init__(
+        self,
+        orig_filename: str,
+        flag_bits: int,
+        compress_type: int,
+        crc: int,
+        compress_size: int,
+        file_size: int,
+        header_offset: int,
+        raw_name: bytes = b"",
+    ) -> None:
+        self.orig_filename = orig_filename
+        self.raw_name = raw_name  # as the directory writes it
+        null = orig_filename.find("\0")
+        self.filename = orig_filename if null < 0 else orig_filename[:null]
+        self.flag_bits = flag_bits
+        self.compress_type = compress_type
+        self.CRC = crc
+        self.compress_size = compress_size
+        self.file_size = file_size
+        self.header_offset = header_offset
+
+
+# the fixed 46 bytes of a directory entry, the fields read here: signature, extract version,
+# flags, method, CRC, sizes, name/extra/comment lengths, local header offset
+_CENTRAL = struct.Struct("<4s2xBxHH4x3L3H8xL")
+_END = struct.Struct("<4s4H2LH")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_LOCATOR = struct.Struct("<4sLQL")
+_CENTRAL_SIG = b"PK\x01\x02"
+MAX_EXTRACT_VERSION = 63
+
+
+def _end_record(buf: Any) -> tuple[int, int, int, bool]:
+    """(record offset, directory size, directory offset, zip64) located as zipfile does."""
+    size = len(buf)
+    if size < 22:
+        raise DirectoryError("File is not a zip file")
+    tail = bytes(buf[size - 22 :])
+    if tail[:4] == _EOCD and tail[-2:] == b"\0\0":
+        pos = size - 22
+    else:
+        search_from = max(size - (1 << 16) - 22, 0)
+        pos = buf.rfind(_EOCD, search_from, size)
+        if pos < 0 or pos + 22 > size:
+            raise DirectoryError("File is not a zip file")
+    (_, _, _, _, _, cd_size, cd_offset, _) = _END.unpack_from(buf, pos)
+    loc = pos - 20
+    if loc >= 0:
+        sig, disk, _, disks = _LOCATOR.unpack_from(buf, loc)
+        if sig == _EOCD64_LOCATOR:
+            if disk != 0 or disks > 1:
+                raise DirectoryError("zipfiles that span multiple disks are not supported")
+            rec = loc - 56
+            if rec < 0:
+                raise DirectoryError("File is not a zip file")
+            if bytes(buf[rec : rec + 4]) == _EOCD64:
+                fields = _END64.unpack_from(buf, rec)
+                return pos, fields[8], fields[9], True
+    return pos, cd_size, cd_offset, False
+
+
+def read_directory(buf: Any) -> list[Member]:
+    """The central directory, entry by entry, exactly as Python's zipfile reads it (the same
+    end-record search, zip64 fields, name decoding and offset shift), without its per-entry
+    overhead: a 100,000-member archive reads in a fraction of zipfile's time."""
+    pos, cd_size, cd_offset, zip64 = _end_record(buf)
+    concat = pos - cd_size - cd_offset - (76 if zip64 else 0)
+    start = cd_offset + concat
+    if start < 0:
+        raise DirectoryError("Bad offset for central directory")
+    data = bytes(buf[start : start + cd_size])
+    out: list[Member] = []
+    unpack = _CENTRAL.unpack_from
+    at = 0
+    while at < cd_size:
+        if at + 46 > len(data):
+            raise DirectoryError("Truncated central directory")
+        sig, version, flags, method, crc, csize, usize, nlen, elen, clen, offset = unpack(data, at)
+        if sig != _CENTRAL_SIG:
+            raise DirectoryError("Bad magic number for central directory")
+        if version > MAX_EXTRACT_VERSION:
+            raise DirectoryError(f"zip file version {version / 10:.1f}")
+        name_at = at + 46
+        raw = data[name_at : name_at + nlen]
+        name = raw.decode("utf-8") if flags & 0x800 else raw.decode("cp437")
+        if elen:
+            usize, csize, offset = _zip64_fields(
+                data[name_at + nlen : name_at + nlen + elen], usize, csize, offset
+            )
+        out.append(Member(name, flags, method, crc, csize, usize, offset + concat, raw))
+        at = name_at + nlen + elen + clen
+    return out
+
+
+def _zip64_fields(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    """Sizes and offset from a zip64 extra field, as `Member._decodeExtra` reads them."""
+    while len(extra) >= 4:
+        tp, ln = struct.unpack_from("<HH", extra)
+        if ln + 4 > len(extra):
+            raise DirectoryError(f"Corrupt extra field {tp:04x} (size={ln})")
+        if tp == 0x0001:
+            data = extra[4 : ln + 4]
+            field = ""
+            try:
+                if usize in (0xFFFF_FFFF_FFFF_FFFF, 0xFFFF_FFFF):
+                    field = "File size"
+                    (usize,) = struct.unpack("<Q", data[:8])
+                    data = data[8:]
+                if csize == 0xFFFF_FFFF:
+                    field = "Compress size"
+                    (csize,) = struct.unpack("<Q", data[:8])
+                    data = data[8:]
+                if offset == 0xFFFF_FFFF:
+                    field = "Header offset"
+                    (offset,) = struct.unpack("<Q", data[:8])
+            except struct.error:
+                raise DirectoryError(f"Corrupt zip64 extra field. {field} not found.") from None
+        extra = extra[ln + 4 :]
+    return usize, csize, offset
+
+
 def read_zip(buf: Any, path: Path) -> ZipRead:
     """Read the directory and every local header; refuse what no reader can open."""
     try:
-        infos = zipfile.ZipFile(BufferStream(buf)).infolist()  # type: ignore[arg-type]
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, struct.error) as exc:
+        infos = read_directory(buf)
+    except (DirectoryError, UnicodeDecodeError, struct.error) as exc:
         raise UnreadableCheckpoint(
             f"{path}: damaged zip archive ({exc}); the file is probably truncated or corrupt"
         ) from None
     if not infos:
         raise UnreadableCheckpoint(f"{path}: empty zip archive, not a checkpoint")
-    members: dict[str, zipfile.ZipInfo] = {}
+    members: dict[str, Member] = {}
     ambiguities: list[tuple[str, int | None]] = []
     damage: list[tuple[str, str | None]] = []
     for info in infos:
@@ -170,7 +309,7 @@ def read_zip(buf: Any, path: Path) -> ZipRead:
     return read
 
 
-def _torch_prefix(infos: list[zipfile.ZipInfo]) -> str:
+def _torch_prefix(infos: list[Member]) -> str:
     """The folder torch looks in: the first directory entry's, up to its first slash."""
     first = infos[0].filename
     return first.split("/", 1)[0] if "/" in first else ""
@@ -178,7 +317,7 @@ def _torch_prefix(infos: list[zipfile.ZipInfo]) -> str:
 
 def _local_headers(
     buf: Any,
-    infos: list[zipfile.ZipInfo],
+    infos: list[Member],
     index: ZipIndex,
     ambiguities: list[tuple[str, int | None]],
     damage: list[tuple[str, str | None]],
@@ -196,13 +335,8 @@ def _local_headers(
             damage.append((f"member {info.filename!r} has a corrupt local header", info.filename))
             continue
         raw_name = bytes(buf[off + 30 : off + 30 + nlen])
-        encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
-        try:
-            expected = info.orig_filename.encode(encoding)
-        except UnicodeEncodeError:
-            expected = info.orig_filename.encode("utf-8")
         start = off + 30 + nlen + elen
-        if raw_name != expected:
+        if raw_name != info.raw_name:
             ambiguities.append(
                 (
                     f"the directory names {info.filename!r} but its local header names "
@@ -276,16 +410,16 @@ def _gap(buf: Any, start: int, end: int, out: list[tuple[str, int | None]]) -> N
 
 
 def member_bytes(
-    buf: Any, read: ZipRead, info: zipfile.ZipInfo, limit: int = MAX_INFLATED
+    buf: Any, read: ZipRead, info: Member, limit: int = MAX_INFLATED
 ) -> tuple[bytes, bool]:
     """A member's bytes (stored, or deflated as TorchScript and numpy write them), and whether
     they match its CRC-32 (torch does not check it, so a mismatch is damage, not a reason to
     look away)."""
     start = read.index.data_offset(info)
     raw = buf[start : start + info.compress_size]
-    if info.compress_type == zipfile.ZIP_STORED:
+    if info.compress_type == STORED:
         data = bytes(raw)
-    elif info.compress_type == zipfile.ZIP_DEFLATED:
+    elif info.compress_type == DEFLATED:
         if info.file_size > limit:
             raise UnreadableCheckpoint(
                 f"{read.index.path}: member {info.filename!r} claims {info.file_size} bytes "
