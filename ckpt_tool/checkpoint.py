@@ -6,6 +6,7 @@ index, or a DCP `.metadata` file. Tensor bytes stay on disk; `Checkpoint.locate`
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -79,7 +80,7 @@ ALIASES_META_KEY = "ckpt.aliases"  # alias -> key whose bytes it shares
 BN_EVAL_FIELD = "ckpt_bn_eval"
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorEntry:
     """One tensor of the chosen weights, by its key in that weight set."""
 
@@ -341,6 +342,13 @@ def tensors_in(value: Any, numpy_top: bool = True) -> dict[str, TensorRecord]:
             )
         prefix = f"{path}." if path else ""
         children: list[tuple[str, Any, bool]] = []
+        if type(obj) in (dict, collections.OrderedDict) and _all_records(obj):
+            # a plain state_dict (the common case, often of 100,000 tensors): no stack entries
+            for k, v in obj.items():
+                key = prefix + (k if type(k) is str else str(k))
+                if key:
+                    out[key] = v
+            continue
         if is_module_record(obj):
             records, _, _ = module_tensors(obj)
             children = [(prefix + k, r, False) for k, r in records.items()]
@@ -356,16 +364,27 @@ def tensors_in(value: Any, numpy_top: bool = True) -> dict[str, TensorRecord]:
     return out
 
 
+def _all_records(d: dict[Any, Any]) -> bool:
+    for v in d.values():  # noqa: SIM110 (all() over a generator is twice this loop's time)
+        if type(v) is not TensorRecord:
+            return False
+    return True
+
+
 def _tensor_dict(value: Any) -> dict[str, TensorRecord] | None:
     """The tensors of a state_dict-like mapping (nested lists, tuples and dicts included,
     state entries such as `optimizer` left out), or None if it holds none."""
     if not isinstance(value, dict):
         return None
+    if STATE_KEYS.isdisjoint(value):  # a state_dict: no copy of 100,000 entries
+        return tensors_in(value) or None
     kept = {k: v for k, v in value.items() if str(k) not in STATE_KEYS}
     return tensors_in(kept) or None
 
 
 def _holds_weights(value: Any) -> bool:
+    if type(value) is TensorRecord:
+        return False  # a tensor of a state_dict, not a set of weights
     if is_module_record(value):
         return True
     if isinstance(value, dict):
@@ -399,8 +418,8 @@ def _describe(value: Any) -> str:
 
 
 def _framework(root: dict[Any, Any]) -> str | None:
-    keys = {str(k) for k in root}
-    if keys & {"pytorch-lightning_version", "lightning_version"}:
+    keys = root.keys()  # the names below are strings; other keys never equal them
+    if "pytorch-lightning_version" in keys or "lightning_version" in keys:
         return "lightning"
     if "meta" in keys and isinstance(root.get("meta"), dict):
         return "mmengine"
@@ -485,7 +504,9 @@ def _from_pickle(ckpt: Checkpoint, result: PickleResult, weights: str | None) ->
             ckpt.extras = {
                 str(k): _describe(v)
                 for k, v in root.items()
-                if as_record(v) is None and not (ckpt.layout == "collection" and _holds_weights(v))
+                if type(v) is not TensorRecord
+                and as_record(v) is None
+                and not (ckpt.layout == "collection" and _holds_weights(v))
             }
     elif isinstance(root, (Inert, list, tuple)) and tensors_in(root):
         if weights is not None:
@@ -541,14 +562,18 @@ def _check_storages(ckpt: Checkpoint, result: PickleResult, what: str = "data.pk
 
 def _check_view(ckpt: Checkpoint, rec: TensorRecord) -> None:
     assert rec.storage is not None
-    if rec.dtype not in DTYPE_SIZES:
+    size = DTYPE_SIZES.get(rec.dtype)
+    if size is None:
         raise UnreadableCheckpoint(f"{ckpt.path}: tensor of unknown dtype {rec.dtype!r}")
-    if len(rec.stride) != len(rec.shape) or any(s < 0 for s in rec.stride):
+    shape, stride = rec.shape, rec.stride
+    if len(stride) != len(shape) or (stride and min(stride) < 0):
         raise UnreadableCheckpoint(f"{ckpt.path}: tensor with malformed strides {rec.stride}")
     if rec.numel == 0:
         return
-    extent = rec.offset + sum((d - 1) * s for d, s in zip(rec.shape, rec.stride, strict=False)) + 1
-    if extent * DTYPE_SIZES[rec.dtype] > rec.storage.nbytes:
+    extent = rec.offset + 1
+    for d, s in zip(shape, stride, strict=True):
+        extent += (d - 1) * s
+    if extent * size > rec.storage.nbytes:
         raise UnreadableCheckpoint(
             f"{ckpt.path}: a tensor of shape {list(rec.shape)} reaches past the end of its "
             f"storage {rec.storage.key}: corrupt or hostile file"

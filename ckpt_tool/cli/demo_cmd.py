@@ -10,12 +10,13 @@ from typing import Annotated
 import typer
 
 from ckpt_tool import render
-from ckpt_tool.cli.common import JsonOpt, boundary
+from ckpt_tool.cli.common import JsonOpt, boundary, runs_models
 from ckpt_tool.errors import CheckFailed, OutputRefused
 from ckpt_tool.reports import DemoStep
 
 
 @boundary
+@runs_models
 def demo(
     workdir: Annotated[
         Path | None,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ckpt_tool import render
-from ckpt_tool.cli.common import InputArg, JsonOpt, WeightsOpt, boundary, show_report
+from ckpt_tool.cli.common import InputArg, JsonOpt, WeightsOpt, boundary, runs_models, show_report
 from ckpt_tool.errors import CheckFailed
 from ckpt_tool.train_dist import reporting_rank
 
@@ -36,6 +36,7 @@ class Amp(str, Enum):
 
 
 @boundary
+@runs_models
 def smoke_train_cmd(
     path: InputArg,
     arch: IntoOpt,

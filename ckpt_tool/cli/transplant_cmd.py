@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ckpt_tool.cli.common import InputArg, boundary, show_report, write_command
+from ckpt_tool.cli.common import InputArg, boundary, runs_models, show_report, write_command
 from ckpt_tool.output.options import DEFAULT_MIN_COVERAGE, WriteArgs
 
 from .archs_cmd import ArchArgOpt, InChansOpt, IntoOpt, NumClassesOpt
@@ -27,6 +27,7 @@ class Init(str, Enum):
 
 
 @boundary
+@runs_models
 @write_command(in_place=False)
 def transplant(
     path: InputArg,

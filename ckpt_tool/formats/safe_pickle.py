@@ -141,7 +141,7 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(stride)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class StorageRef:
     """A storage named by a persistent id: where its bytes are, not the bytes."""
 
@@ -206,7 +206,7 @@ _OPAQUE_KINDS = {
 }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class TensorRecord:
     """A tensor as the file describes it: storage view, shape, dtype; never materialised here."""
 
@@ -415,6 +415,34 @@ def walk(root: Any) -> Iterator[Any]:
                 queue.append(obj.storage)
         else:
             extend(children(obj))
+
+
+def bytes_values(root: Any) -> list[bytes | bytearray]:
+    """Every bytes or bytearray value reachable from root (as `walk` would find them), without
+    visiting the leaves and tensor records that make up most of a large pickle."""
+    out: list[bytes | bytearray] = []
+    seen: set[int] = set()
+    stack: list[Any] = [root]
+    pop, extend = stack.pop, stack.extend
+    skip = (str, int, float, bool, type(None), complex, TensorRecord, StorageRef)
+    while stack:
+        obj = pop()
+        t = type(obj)
+        if t in skip or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if t is bytes or t is bytearray:
+            out.append(obj)
+        elif isinstance(obj, dict):
+            extend(obj.keys())
+            extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            extend(obj)
+        elif isinstance(obj, (bytes, bytearray)):
+            out.append(obj)
+        else:
+            extend(children(obj))
+    return out
 
 
 MAX_LITERAL_ITEMS = 64
@@ -1157,6 +1185,17 @@ class SafeUnpickler(pickle.Unpickler):
         return "STACK_GLOBAL", found if found >= 0 else None
 
     def persistent_load(self, pid: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 5 and pid[0] == "storage":
+            # torch.save's ('storage', type, key, location, numel): the common case, first
+            _, storage_type, key, location, numel = pid
+            if type(key) is str and type(location) is str and type(numel) is int and numel >= 0:
+                storages = self.result.storages
+                ref = storages.get(key)
+                if ref is None:
+                    ref = storages[key] = StorageRef(
+                        key, _storage_dtype(storage_type), location, numel
+                    )
+                return ref
         if not isinstance(pid, tuple) or not pid:
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
         if pid[0] != "storage":

@@ -30,8 +30,8 @@ from .safe_pickle import (
     STORAGE_DTYPES,
     PickleResult,
     TorchMarker,
+    bytes_values,
     read_pickle,
-    walk,
 )
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -189,8 +189,8 @@ def _nested_payloads(survey: Survey, member: str, result: PickleResult, buf: Any
     start, end = result.start + 2, result.end
     if not any(buf.find(m, start, end) >= 0 for m in _NESTED_MARKS):
         return
-    for obj in walk(result.root):
-        if isinstance(obj, (bytes, bytearray)) and bytes(obj[:4]).startswith(_NESTED_MARKS):
+    for obj in bytes_values(result.root):
+        if bytes(obj[:4]).startswith(_NESTED_MARKS):
             inner = Survey(survey.path, "bytes")
             survey_buffer(bytes(obj), inner)
             for f in inner.findings:

@@ -33,6 +33,9 @@ class PrefixReport:
 
 def wrapper_chain(key: str, wrappers: Iterable[str] = WRAPPERS) -> str:
     """The run of wrapper prefixes a key starts with, e.g. 'module._orig_mod.'."""
+    wrappers = tuple(wrappers)
+    if not key.startswith(wrappers):  # most keys: one C call instead of a loop
+        return ""
     chain = ""
     rest = key
     progress = True
