@@ -26,11 +26,12 @@ class ModuleNode:
     numel: int = 0
     nbytes: int = 0
     class_name: str | None = None
+    shape_id: int = -1  # equal for subtrees of equal structure; set by build_tree
 
-    def signature(self) -> tuple[Any, ...]:
-        """Structure of the subtree (relative names, shapes, dtypes), to spot repeated blocks."""
-        own = tuple((t.key.rsplit(".", 1)[-1], t.shape, t.dtype) for t in self.tensors)
-        return (self.class_name, own, tuple((n, c.signature()) for n, c in self.children.items()))
+    def signature(self) -> int:
+        """Structure of the subtree (relative names, shapes, dtypes) as a number, to spot
+        repeated blocks: equal numbers, equal structure."""
+        return self.shape_id
 
 
 def build_tree(entries: list[TensorEntry], modules: dict[str, str] | None = None) -> ModuleNode:
@@ -59,9 +60,13 @@ def _totals(root: ModuleNode) -> None:
         n = stack.pop()
         order.append(n)
         stack.extend(n.children.values())
+    ids: dict[tuple[Any, ...], int] = {}  # children first, so a node's key holds their ids
     for n in reversed(order):
         n.numel = sum(t.numel for t in n.tensors) + sum(c.numel for c in n.children.values())
         n.nbytes = sum(t.nbytes for t in n.tensors) + sum(c.nbytes for c in n.children.values())
+        own = tuple((t.key.rsplit(".", 1)[-1], t.shape, t.dtype) for t in n.tensors)
+        key = (n.class_name, own, tuple((name, c.shape_id) for name, c in n.children.items()))
+        n.shape_id = ids.setdefault(key, len(ids))
 
 
 def select(entries: dict[str, TensorEntry], pattern: str | None) -> list[TensorEntry]:
