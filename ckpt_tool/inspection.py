@@ -7,11 +7,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import progress
 from .checkpoint import Checkpoint, TensorEntry, counts_as_parameter, unique_numel
 from .formats.safe_pickle import TensorRecord
 from .keys import natural_key
-from .reports import InspectData, ModuleShare, TensorInfo, TensorStats
+from .reports import InspectData, ModuleShare, TensorInfo
 from .surgery.prefixes import detect_prefix
 
 
@@ -225,49 +224,3 @@ def inspect_report(ckpt: Checkpoint, pattern: str | None = None) -> InspectData:
         "filter": pattern,
         "tensors": [tensor_json(e) for e in entries],
     }
-
-
-def tensor_stats(ckpt: Checkpoint, entries: list[TensorEntry]) -> dict[str, TensorStats]:
-    """min/max/mean/std and NaN/Inf counts, reading one tensor at a time."""
-    import torch
-
-    from .tensors import TensorReader
-
-    out: dict[str, TensorStats] = {}
-    with TensorReader(ckpt) as reader:
-        for e in progress.track(entries, "reading tensors", len(entries)):
-            t = reader.read(e)
-            if t.numel() == 0:
-                out[e.key] = {
-                    "min": None,
-                    "max": None,
-                    "mean": None,
-                    "std": None,
-                    "nan": 0,
-                    "inf": 0,
-                }
-                continue
-            x = t.abs().double() if t.is_complex() else t.double()
-            nan = int(torch.isnan(x).sum())
-            inf = int(torch.isinf(x).sum())
-            finite = x[torch.isfinite(x)]
-            if finite.numel() == 0:
-                out[e.key] = {
-                    "min": None,
-                    "max": None,
-                    "mean": None,
-                    "std": None,
-                    "nan": nan,
-                    "inf": inf,
-                }
-                continue
-            out[e.key] = {
-                "min": float(finite.min()),
-                "max": float(finite.max()),
-                "mean": float(finite.mean()),
-                "std": float(finite.std()) if finite.numel() > 1 else 0.0,
-                "nan": nan,
-                "inf": inf,
-            }
-            del t, x, finite
-    return out

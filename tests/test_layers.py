@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "archs",
             "seed_models",
             "scanning",
+            "stats",
             "train",
             "train_dist",
         ),

@@ -58,7 +58,8 @@ def inspect(
     """What a checkpoint holds, without loading tensor bytes or running its code.
 
     exit_code is 3 (after the report) when the file is dangerous, as `scan` would say."""
-    from ckpt_tool.inspection import inspect_report, select, tensor_stats
+    from ckpt_tool.inspection import inspect_report, select
+    from ckpt_tool.stats import tensor_stats
 
     ckpt = load(Path(path), weights=weights)
     data = inspect_report(ckpt, filter)
