@@ -21,10 +21,13 @@ from ckpt_tool.memory import paused_gc
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_MODEL_COMMANDS: set[Callable[..., Any]] = set()
+
+
 def runs_models(func: F) -> F:
     """Mark a command that builds and runs torch models: it keeps the cyclic garbage
     collector on (training steps and model builds make reference cycles worth freeing)."""
-    func.ckpt_runs_models = True  # type: ignore[attr-defined]
+    _MODEL_COMMANDS.add(func)
     return func
 
 
@@ -35,7 +38,7 @@ def boundary(func: F) -> F:
     A command reads and writes records, not cycles: it runs with the cyclic garbage collector
     paused (a 100,000-tensor report spent a sixth of its time in collections that found
     nothing), unless marked `runs_models`."""
-    collects = getattr(func, "ckpt_runs_models", False)
+    collects = func in _MODEL_COMMANDS
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
