@@ -569,3 +569,38 @@ def test_unsupported_extension_and_corrupt_input(tmp_path: Path) -> None:
     res = run_cli(["cast", bad, "--dtype", "fp16", "-o", tmp_path / "o.pth"])
     assert res.exit_code == 1 and "bad.pth" in one_error_line(res)
     assert listing(tmp_path) == before
+
+
+def test_bf16_to_fp16_and_nan_payloads_bitwise_like_torch(tmp_path: Path) -> None:
+    """Every bf16 bit pattern, and float32 NaNs with payloads in every position, cast to fp16
+    by the numpy path equal torch's .to(float16) bit for bit (NaNs quieted as torch does),
+    and the bf16 -> fp16 cast does not import torch."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    every_bf16 = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    nan_payloads = (torch.arange(1, 1 << 23, 997, dtype=torch.int32) | 0x7F800000).view(
+        torch.float32
+    )
+    cases = {
+        "bf16": every_bf16,
+        "f32": torch.cat([every_bf16.float(), nan_payloads, -nan_payloads]),
+    }
+    for name, t in cases.items():
+        src, dst = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.fp16.safetensors"
+        save_file({"w": t.clone()}, str(src))
+        code = (
+            "import sys, ckpt_tool; ckpt_tool.cast(sys.argv[1], 'fp16', output=sys.argv[2]); "
+            "print('torch' in sys.modules)"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(src), str(dst)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert done.stdout.strip() == "False", name
+        got = load_file(str(dst))["w"]
+        assert torch.equal(got.view(torch.int16), t.to(torch.float16).view(torch.int16)), name

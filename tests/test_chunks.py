@@ -122,7 +122,7 @@ def test_pipeline_recycles_pool_buffers_after_each_chunk() -> None:
 
 
 def stats_both_ways(x: np.ndarray, dtype: str) -> tuple[cast_mod.CastStats, cast_mod.CastStats]:
-    scratch = cast_mod._Scratch.get(x.nbytes)
+    scratch = cast_mod._Scratch.get(x.nbytes, x.size)
     y = np.empty(x.size, dtype=cast_mod.NP_STORE[dtype])
     back = cast_mod._np_cast(x, y, dtype, scratch).copy()
     fast, exact = cast_mod.CastStats(), cast_mod.CastStats()
@@ -152,7 +152,7 @@ def test_fast_statistics_equal_the_exact_path_on_finite_values(dtype: str) -> No
 @pytest.mark.parametrize("special", [np.nan, np.inf, 1e6])
 def test_fast_statistics_step_aside_for_nan_inf_and_overflow(special: float) -> None:
     x = np.array([1.0, 2.0, special], dtype=np.float32)
-    scratch = cast_mod._Scratch.get(x.nbytes)
+    scratch = cast_mod._Scratch.get(x.nbytes, x.size)
     y = np.empty(3, dtype=np.float16)
     back = cast_mod._np_cast(x, y, "float16", scratch)
     s = cast_mod.CastStats()
@@ -321,7 +321,7 @@ def test_f16_rounding_is_bit_identical_to_numpy_on_every_exponent() -> None:
     bits = bits[bits.view(np.float32) < 65520]
     bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
     x = bits.view(np.float32)
-    scratch = cast_mod._Scratch.get(x.nbytes)
+    scratch = cast_mod._Scratch.get(x.nbytes, x.size)
     y = np.empty(x.size, np.uint16)
     got = cast_mod._f16_round(x, y, scratch)
     assert got is not None
@@ -336,5 +336,5 @@ def test_f16_rounding_is_bit_identical_to_numpy_on_every_exponent() -> None:
 def test_f16_rounding_leaves_nan_inf_and_overflow_to_numpy(special: float) -> None:
     x = np.array([1.0, special, 2.0], dtype=np.float32)
     y = np.full(3, 7, np.uint16)
-    assert cast_mod._f16_round(x, y, cast_mod._Scratch.get(x.nbytes)) is None
+    assert cast_mod._f16_round(x, y, cast_mod._Scratch.get(x.nbytes, x.size)) is None
     assert (y == 7).all()  # untouched: numpy's cast writes this chunk

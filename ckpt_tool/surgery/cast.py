@@ -291,6 +291,7 @@ NUMPY_CASTS = frozenset(
         ("float32", "bfloat16"),
         ("float16", "float32"),
         ("bfloat16", "float32"),
+        ("bfloat16", "float16"),  # bf16 widens to float32 exactly: one rounding, as torch
         ("float32", "float64"),
         ("float16", "float64"),
         ("bfloat16", "float64"),
@@ -344,7 +345,7 @@ def _cast_chunk(
 
     from ckpt_tool.tensors import pread_exactly
 
-    scratch = _Scratch.get(size)
+    scratch = _Scratch.get(size, size // DTYPE_SIZES[source])
     raw = scratch.raw[:size]
     pread_exactly(fd, raw, offset, path)
     x = _np_values(raw, source)
@@ -378,15 +379,16 @@ class _Scratch(threading.local):
     mask: Any = None  # bool, one chunk long
 
     @classmethod
-    def get(cls, size: int) -> _Scratch:
+    def get(cls, size: int, elements: int) -> _Scratch:
+        """Arrays for a chunk of `size` raw bytes holding `elements` values."""
         import numpy as np
 
         s = _SCRATCH
-        if s.raw is None or s.raw.size < size:
+        words = max((size + 3) // 4, elements)  # one uint32 per value (bf16 input: 2 bytes)
+        if s.raw is None or s.raw.size < size or s.a.size < words:
             s.raw = np.empty(size, dtype=np.uint8)
-            words = (size + 3) // 4
             s.a, s.b, s.c, s.d = (np.empty(words, dtype=np.uint32) for _ in range(4))
-            s.mask = np.empty((size + 1) // 2, dtype=np.bool_)
+            s.mask = np.empty(max((size + 1) // 2, elements), dtype=np.bool_)
         return s
 
 
@@ -485,6 +487,13 @@ def _np_cast(x: Any, y: Any, dtype: str, scratch: _Scratch) -> Any:
         return work.view(np.float32)
     with np.errstate(over="ignore"):  # overflow is counted and reported, not warned about
         np.copyto(y, x, casting="unsafe")
+    if dtype == "float16" and np.isnan(x.max()):
+        # NaN as torch converts it (numpy keeps signalling NaNs signalling): the sign, the
+        # quiet bit and the payload's top ten bits
+        nan = np.isnan(x)
+        bits = x.view(np.uint32)[nan]
+        quiet = ((bits >> 16) & 0x8000) | 0x7E00 | ((bits & 0x7FFFFF) >> 13)
+        y.view(np.uint16)[nan] = quiet.astype(np.uint16)
     if dtype == "float16":
         back = scratch.a[:n].view(np.float32)
         return np.take(_half_to_float(), y.view(np.uint16), out=back)
