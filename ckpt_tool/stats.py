@@ -143,35 +143,57 @@ def _scratch(elements: int, itemsize: int) -> tuple[bytearray, Any, Any]:
     return s["raw"], s["x"], s["d"]
 
 
-def chunk_partial(fd: int, offset: int, size: int, dtype: str) -> Partial:
-    """Read one chunk with pread and reduce it (runs on a worker thread)."""
+def item_size(dtype: str) -> int:
+    """Bytes per element of a dtype the chunked path decodes."""
     import numpy as np
 
-    itemsize = 1 if dtype.startswith("float8") else 2 if dtype == "bfloat16" else None
-    np_dtype = np.dtype(_NP[dtype]) if dtype in _NP else None
-    width = itemsize or (np_dtype.itemsize if np_dtype is not None else 1)
-    count = size // width
-    raw, xbuf, dbuf = _scratch(count, width)
-    view = memoryview(raw)[:size]
+    if dtype.startswith("float8"):
+        return 1
+    if dtype == "bfloat16":
+        return 2
+    return int(np.dtype(_NP[dtype]).itemsize)
+
+
+def read_range(fd: int, offset: int, size: int, buf: bytearray) -> memoryview:
+    """`size` bytes at `offset` of fd into buf (pread, any thread)."""
+    view = memoryview(buf)[:size]
     done = 0
     while done < size:
         n = os.preadv(fd, [view[done:]], offset + done)
         if n <= 0:
             raise OSError(f"the file ends inside the tensor (offset {offset + done})")
         done += n
-    x = xbuf[:count]
+    return view
+
+
+def decode(raw: Any, count: int, dtype: str, x: Any) -> Any:
+    """The first `count` values of raw little-endian bytes as float64 in x (complex: |z|)."""
+    import numpy as np
+
+    x = x[:count]
     if dtype == "bfloat16":
         bits = np.frombuffer(raw, dtype="<u2", count=count).astype(np.uint32) << 16
         x[:] = bits.view(np.float32)
-    elif itemsize == 1:
+    elif dtype.startswith("float8"):
         x[:] = fp8_table(dtype)[np.frombuffer(raw, dtype=np.uint8, count=count)]
     else:
-        assert np_dtype is not None
-        values = np.frombuffer(raw, dtype=np_dtype, count=count)
-        if np_dtype.kind == "c":
+        values = np.frombuffer(raw, dtype=np.dtype(_NP[dtype]), count=count)
+        if values.dtype.kind == "c":
             np.abs(values, out=x)  # |z| as torch takes it (the last bit may differ)
         else:
             x[:] = values
+    return x
+
+
+def chunk_partial(fd: int, offset: int, size: int, dtype: str) -> Partial:
+    """Read one chunk with pread and reduce it (runs on a worker thread)."""
+    import numpy as np
+
+    width = item_size(dtype)
+    count = size // width
+    raw, xbuf, dbuf = _scratch(count, width)
+    read_range(fd, offset, size, raw)
+    x = decode(raw, count, dtype, xbuf)
     part = Partial()
     finite = np.isfinite(x)
     if not finite.all():
