@@ -45,6 +45,8 @@ class TensorReader:
         self.ckpt = ckpt
         self._maps: dict[Path, mmap.mmap] = {}
         self._dcp_batch: dict[str, Any] = {}
+        self._dcp_order: list[tuple[str, TensorRecord]] | None = None
+        self._dcp_position: dict[str, int] = {}
         self._fds: dict[Path, int] = {}
 
     def _map(self, path: Path) -> mmap.mmap:
@@ -203,13 +205,14 @@ class TensorReader:
         DCP_BATCH_BYTES at a time: memory stays near one batch, whatever the model's size."""
         fqn = entry.record.metadata if isinstance(entry.record.metadata, str) else entry.key
         if fqn not in self._dcp_batch:
+            # The batch starts at this item in file order, found by its FQN: a writer asks by
+            # its output key (renamed by strip-module), which the checkpoint does not know.
+            order = self._dcp_items()
+            start = self._dcp_position.get(fqn)
+            following = order[start + 1 :] if start is not None else []
             batch: dict[str, tuple[tuple[int, ...], str]] = {}
             size = 0
-            keys = list(self.ckpt.tensors)
-            start = keys.index(entry.key) if entry.key in keys else 0
-            for key in [entry.key, *keys[start + 1 :]]:
-                rec = self.ckpt.tensors[key].record if key in self.ckpt.tensors else entry.record
-                name = rec.metadata if isinstance(rec.metadata, str) else key
+            for name, rec in [(fqn, entry.record), *following]:
                 if name in batch or (batch and size + rec.nbytes > DCP_BATCH_BYTES):
                     break
                 batch[name] = (rec.shape, rec.dtype)
@@ -219,6 +222,16 @@ class TensorReader:
         if value is None:
             raise UnreadableCheckpoint(f"{self.ckpt.path}: DCP item {fqn!r} could not be read")
         return value
+
+    def _dcp_items(self) -> list[tuple[str, TensorRecord]]:
+        """(FQN, record) of the checkpoint's DCP items in order, and each FQN's position."""
+        if self._dcp_order is None:
+            self._dcp_order = [
+                (e.record.metadata if isinstance(e.record.metadata, str) else k, e.record)
+                for k, e in self.ckpt.tensors.items()
+            ]
+            self._dcp_position = {name: i for i, (name, _) in enumerate(self._dcp_order)}
+        return self._dcp_order
 
     def iter(self) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
         for entry in self.ckpt.tensors.values():
