@@ -11,6 +11,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what __getattr__ hands out, typed for mypy
+    from ckpt_tool.reports import ScanDoc
+
     from .views import (
         arch_list,
         auto_depth,
@@ -27,7 +29,6 @@ if TYPE_CHECKING:  # what __getattr__ hands out, typed for mypy
         safe,
         sampled_steps,
         scan_report,
-        scan_verdict,
         share_bars,
         show,
         smoke_train_report,
@@ -131,6 +132,20 @@ class ProgressLine:
         sys.stderr.write(f"\r\x1b[K{_CONTROL.sub('?', what)}  {pct} {amount}")
         sys.stderr.flush()
         self.shown = True
+
+
+def scan_verdict(r: ScanDoc) -> None:
+    """One stderr line when a scan does not pass."""
+    s = r["summary"]
+    if s["dangerous"]:
+        error(f"{s['dangerous']} of {s['files']} scanned file(s) are dangerous; nothing was run")
+    elif r.get("strict") and s["needs code"]:
+        error(
+            f"{s['needs code']} of {s['files']} scanned file(s) need code outside the "
+            "weights-only allowlist (--strict)"
+        )
+    elif s["error"]:
+        error(f"{s['error']} of {s['files']} scanned file(s) are unreadable or damaged")
 
 
 def progress_sink(json_out: bool) -> ProgressLine | None:

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ckpt_tool.render import _CONTROL, error, human_bytes
+from ckpt_tool.render import _CONTROL, human_bytes
 
 if TYPE_CHECKING:
     from ckpt_tool.inspection import ModuleNode
@@ -795,20 +795,6 @@ def scan_report(r: ScanDoc) -> None:
             "[yellow]needs code[/]: torch.load(weights_only=True) refuses these files; "
             "loading them imports the classes listed, so do that only if you trust their source"
         )
-
-
-def scan_verdict(r: ScanDoc) -> None:
-    """One stderr line when a scan does not pass."""
-    s = r["summary"]
-    if s["dangerous"]:
-        error(f"{s['dangerous']} of {s['files']} scanned file(s) are dangerous; nothing was run")
-    elif r.get("strict") and s["needs code"]:
-        error(
-            f"{s['needs code']} of {s['files']} scanned file(s) need code outside the "
-            "weights-only allowlist (--strict)"
-        )
-    elif s["error"]:
-        error(f"{s['error']} of {s['files']} scanned file(s) are unreadable or damaged")
 
 
 # --- diff / average -------------------------------------------------------------------------
