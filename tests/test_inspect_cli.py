@@ -506,3 +506,22 @@ def test_deep_pickle_is_not_a_crash(tmp_path: Path) -> None:
         assert result.exit_code in (0, 1)
         assert "internal error" not in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_print_json_streams_exactly_json_dumps(capsys: pytest.CaptureFixture[str]) -> None:
+    """The streamed document (entry by entry, long lists in slices) is json.dumps' bytes."""
+    import json as json_mod
+
+    from ckpt_tool.render import print_json
+
+    cases: list[Any] = [
+        {"a": 1, "t": [{"k": i, "s": [i, "é", None, i / 3]} for i in range(1000)], "e": []},
+        {"z": [0] * 256, "y": [0] * 257, "x": [[1]] * 513},
+        {"": [{}] * 1000, "nan": float("nan")},
+        {1: "non-string key"},
+        [1, 2, {"a": Path("p")}],
+        {},
+    ]
+    for case in cases:
+        print_json(case)
+        assert capsys.readouterr().out == json_mod.dumps(case, default=str) + "\n"

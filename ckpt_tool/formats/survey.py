@@ -481,8 +481,12 @@ def _survey_zip(buf: Any, survey: Survey) -> None:
     elif torch_zip.is_torch_export(index):
         survey.format = "torch-export"
     main_name = f"{index.prefix}/data.pkl"
+    records = f"{index.prefix}/data/"
     for info in read.infos:
-        kind = _pickle_member(index, info, buf)
+        # tensor records (nearly every member of a large file) are raw bytes, never pickles
+        name = info.filename
+        record = name.startswith(records) and not name.endswith(PICKLE_SUFFIXES)
+        kind = None if record else _pickle_member(index, info, buf)
         if kind is None:
             if survey.check_crc:
                 _check_member_crc(buf, survey, read, info)
@@ -553,6 +557,7 @@ def _trailing_in_member(data: bytes, survey: Survey, member: str, pos: int) -> N
         survey.add_pickle(f"{member} (after its STOP)", result)
 
 
+PICKLE_SUFFIXES = (".pkl", ".debug_pkl", ".pickle")
 _PICKLE_STARTS = frozenset(b"\x80(}]cNIJKLFSVXPdGiUlTBCe)")
 
 
@@ -561,7 +566,7 @@ def _pickle_member(index: torch_zip.ZipIndex, info: torch_zip.Member, buf: Any) 
     (small and starts with a pickle opcode: kept only if it names something), or None (tensor
     storage records, which torch reads as raw bytes, never as pickles)."""
     name = info.filename
-    if name.endswith((".pkl", ".debug_pkl", ".pickle")):
+    if name.endswith(PICKLE_SUFFIXES):
         return "pickle"
     rest = name[len(index.prefix) + 1 :] if name.startswith(f"{index.prefix}/") else name
     if rest.startswith(("data/", "constants/", "code/")) or info.file_size < 2:

@@ -9,8 +9,11 @@ for one name, `read_zip` reports an ambiguity instead of choosing.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,7 +140,6 @@ class Member:
         "flag_bits",
         "header_offset",
         "orig_filename",
-        "raw_name",
     )
 
     def __init__(
@@ -149,10 +151,8 @@ class Member:
         compress_size: int,
         file_size: int,
         header_offset: int,
-        raw_name: bytes = b"",
     ) -> None:
         self.orig_filename = orig_filename
-        self.raw_name = raw_name  # as the directory writes it
         null = orig_filename.find("\0")
         self.filename = orig_filename if null < 0 else orig_filename[:null]
         self.flag_bits = flag_bits
@@ -230,7 +230,7 @@ def read_directory(buf: Any) -> list[Member]:
             usize, csize, offset = _zip64_fields(
                 data[name_at + nlen : name_at + nlen + elen], usize, csize, offset
             )
-        out.append(Member(name, flags, method, crc, csize, usize, offset + concat, raw))
+        out.append(Member(name, flags, method, crc, csize, usize, offset + concat))
         at = name_at + nlen + elen + clen
     return out
 
@@ -315,33 +315,54 @@ def _torch_prefix(infos: list[Member]) -> str:
     return first.split("/", 1)[0] if "/" in first else ""
 
 
+def _raw_name(info: Member) -> bytes:
+    """The name's bytes as the directory writes them (decoding them is exact both ways)."""
+    try:
+        return info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+    except UnicodeEncodeError:
+        return info.orig_filename.encode("utf-8")
+
+
+RELEASE_STEP = 16 << 20  # mapped bytes checked before their pages are handed back
+
+
 def _local_headers(
     buf: Any,
     infos: list[Member],
     index: ZipIndex,
     ambiguities: list[tuple[str, int | None]],
     damage: list[tuple[str, str | None]],
-) -> list[tuple[int, int]]:
-    """Check every local header against its directory entry; returns each entry's extent."""
+) -> Extents:
+    """Check every local header against its directory entry; returns each entry's extent.
+
+    Walking the headers of a file of many small tensors touches every page of it: the pages
+    already checked are handed back to the page cache as the walk goes on (madvise), so they
+    do not count in this process's memory."""
     size = len(buf)
-    extents: list[tuple[int, int]] = []
+    extents = Extents()
+    release = getattr(buf, "madvise", None) if isinstance(buf, mmap.mmap) else None
+    released = 0
     for info in infos:
         off = info.header_offset
         if off < 0 or off + 30 > size:
             damage.append((f"member {info.filename!r}: local header past the end", info.filename))
             continue
+        if release is not None and off - released >= RELEASE_STEP:
+            upto = off - off % mmap.PAGESIZE
+            release(mmap.MADV_DONTNEED, released, upto - released)
+            released = upto
         sig, _, flags, method, _, _, crc, csize, usize, nlen, elen = _LOCAL.unpack_from(buf, off)
         if sig != ZIP_MAGIC:
             damage.append((f"member {info.filename!r} has a corrupt local header", info.filename))
             continue
-        raw_name = bytes(buf[off + 30 : off + 30 + nlen])
+        raw_name = buf[off + 30 : off + 30 + nlen]
         start = off + 30 + nlen + elen
-        if raw_name != info.raw_name:
+        if raw_name != _raw_name(info):
             ambiguities.append(
                 (
                     f"the directory names {info.filename!r} but its local header names "
-                    f"{raw_name.decode('utf-8', 'replace')!r}: torch reads the bytes anyway, "
-                    "other readers refuse or read another entry",
+                    f"{bytes(raw_name).decode('utf-8', 'replace')!r}: torch reads the bytes "
+                    "anyway, other readers refuse or read another entry",
                     off,
                 )
             )
@@ -377,17 +398,37 @@ def _local_headers(
             end += 4 if bytes(buf[end : end + 4]) == _DESCRIPTOR else 0
             end += 20 if info.file_size >= 0xFFFFFFFF or info.compress_size >= 0xFFFFFFFF else 12
         index.offsets.setdefault(info.filename, start)
-        extents.append((off, end))
+        extents.add(off, end)
     return extents
 
 
+class Extents:
+    """(start, end) of every member in two flat integer arrays (a tuple per member would cost
+    more than the member itself on a 100,000-tensor file), and whether they came in order."""
+
+    def __init__(self) -> None:
+        self.starts = array("q")
+        self.ends = array("q")
+        self.ordered = True
+
+    def add(self, start: int, end: int) -> None:
+        if self.starts and start < self.starts[-1]:
+            self.ordered = False
+        self.starts.append(start)
+        self.ends.append(end)
+
+    def in_order(self) -> Iterator[tuple[int, int]]:
+        pairs = zip(self.starts, self.ends, strict=True)
+        return iter(pairs) if self.ordered else iter(sorted(pairs))
+
+
 def _check_coverage(
-    buf: Any, extents: list[tuple[int, int]], cd_start: int, out: list[tuple[str, int | None]]
+    buf: Any, extents: Extents, cd_start: int, out: list[tuple[str, int | None]]
 ) -> None:
     """Members must tile the archive: an overlap or a hidden local header between them lets a
     reader that walks local headers see a different archive than the directory describes."""
     cursor = 0
-    for start, end in sorted(extents):
+    for start, end in extents.in_order():
         if start < cursor:
             out.append((f"two members share the bytes at offset {start}", start))
         elif start > cursor:

@@ -52,7 +52,21 @@ def wrapper_chain(key: str, wrappers: Iterable[str] = WRAPPERS) -> str:
 def detect_prefix(keys: Iterable[str]) -> PrefixReport:
     """Report the wrapper prefix shared by all keys, and keys carrying one only partly."""
     keys = list(keys)
-    chains = Counter(wrapper_chain(k) for k in keys)
+    chains: Counter[str] = Counter()
+    memo: dict[str, str] = {}  # a key's chain depends only on its first two segments
+    for k in keys:
+        if not k.startswith(WRAPPERS):
+            chains[""] += 1
+            continue
+        head, _, rest = k.partition(".")
+        second = rest.partition(".")[0] + "."
+        if second in WRAPPERS:  # a longer chain (module._orig_mod.): walk it
+            chains[wrapper_chain(k)] += 1
+            continue
+        chain = memo.get(head)
+        if chain is None:
+            chain = memo[head] = wrapper_chain(k)
+        chains[chain] += 1
     carrying = {c: n for c, n in chains.items() if c}
     common = ""
     if keys and len(chains) == 1:
