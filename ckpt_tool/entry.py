@@ -23,13 +23,19 @@ def main() -> None:
 
 
 def _alone() -> bool:
-    """No other thread or child process that an orderly interpreter shutdown would wait for."""
+    """No other thread, child process, process group or profiler that an orderly interpreter
+    shutdown would wait for, close or let write its results."""
     import threading
 
     if threading.active_count() > 1:
         return False
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return False  # a profiler or coverage tool writes its results at interpreter exit
     mp = sys.modules.get("multiprocessing")
-    return mp is None or not mp.active_children()
+    if mp is not None and mp.active_children():
+        return False
+    dist = sys.modules.get("torch.distributed")  # a process group torch would tear down
+    return dist is None or not (dist.is_available() and dist.is_initialized())
 
 
 def _leave_now(code: int) -> NoReturn:

@@ -525,3 +525,31 @@ def test_print_json_streams_exactly_json_dumps(capsys: pytest.CaptureFixture[str
     for case in cases:
         print_json(case)
         assert capsys.readouterr().out == json_mod.dumps(case, default=str) + "\n"
+
+
+def test_fast_exit_flushes_output_and_lets_profilers_write(tmp_path: Path) -> None:
+    """The executable leaves without tearing the interpreter down, after flushing: piped
+    JSON arrives whole, the exit code is kept, and a profiler still writes its file."""
+    exe = Path(sys.executable).with_name("ckpt")
+    done = subprocess.run(
+        [str(exe), "inspect", str(FIXTURES / "mlp.pth"), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and json.loads(done.stdout)["num_tensors"] > 0
+    missing = subprocess.run(
+        [str(exe), "inspect", str(tmp_path / "nope.pth"), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 1 and json.loads(missing.stdout)["exit_code"] == 1
+    prof = tmp_path / "run.prof"
+    subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(prof), str(exe), "count",
+         str(FIXTURES / "mlp.pth"), "--json"],
+        capture_output=True,
+        check=True,
+    )  # fmt: skip
+    assert prof.stat().st_size > 0
