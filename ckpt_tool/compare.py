@@ -146,10 +146,9 @@ def _same_bytes(
     ra: TensorReader, ea: TensorEntry, rb: TensorReader, eb: TensorEntry
 ) -> PairStats | None:
     """The usual pair, equal bytes of one dtype stored contiguously on both sides, compared
-    with pread and numpy (no torch: its import alone is 0.6 GB here); None when the pair
-    needs the full comparison (it differs, or is stored otherwise)."""
-    import numpy as np
-
+    with pread (no torch: its import alone is 0.6 GB here); None when the pair needs the full
+    comparison (it differs, or is stored otherwise). Its ||a||^2 is left for `_norm_sq`,
+    needed only where a module has changed tensors."""
     from . import stats
 
     dtype = ea.dtype
@@ -157,17 +156,31 @@ def _same_bytes(
         return None
     width = stats.item_size(dtype)
     buf_a, buf_b = bytearray(CHUNK_ELEMENTS * width), bytearray(CHUNK_ELEMENTS * width)
-    x = np.empty(CHUNK_ELEMENTS, dtype=np.float64)
-    sq_a = 0.0
     ranges = zip(ra.raw_ranges(ea, CHUNK_ELEMENTS), rb.raw_ranges(eb, CHUNK_ELEMENTS), strict=True)
     for (fa, oa, na), (fb, ob, nb) in ranges:
-        a = stats.read_range(fa, oa, na, buf_a)
-        if a != stats.read_range(fb, ob, nb, buf_b):
+        if stats.read_range(fa, oa, na, buf_a) != stats.read_range(fb, ob, nb, buf_b):
             return None
-        values = stats.decode(a, na // width, dtype, x)
-        values[~np.isfinite(values)] = 0.0  # as the full comparison: NaN/Inf add nothing
-        sq_a += float(np.dot(values, values))
-    return PairStats(sq_a=sq_a)
+    return PairStats(sq_a=math.nan)  # NaN: not computed yet
+
+
+def _norm_sq(reader: TensorReader, entry: TensorEntry) -> float:
+    """sum(a^2) over the finite values of a contiguously stored tensor, with pread and numpy
+    (as the full comparison counts it: NaN and Inf add nothing)."""
+    import numpy as np
+
+    from . import stats
+
+    width = stats.item_size(entry.dtype)
+    buf = bytearray(CHUNK_ELEMENTS * width)
+    x = np.empty(CHUNK_ELEMENTS, dtype=np.float64)
+    total = 0.0
+    for fd, offset, size in reader.raw_ranges(entry, CHUNK_ELEMENTS):
+        values = stats.decode(
+            stats.read_range(fd, offset, size, buf), size // width, entry.dtype, x
+        )
+        values[~np.isfinite(values)] = 0.0
+        total += float(np.dot(values, values))
+    return total
 
 
 def module_of(key: str, depth: int) -> str:
@@ -268,6 +281,7 @@ def diff(
     r.only_a = [k for k in sa.entries if k not in sb.entries]
     r.only_b = [k for k in sb.entries if k not in sa.entries]
     sums: dict[str, list[float]] = {}  # module -> [sq_diff, sq_a, tensors, changed]
+    pending: dict[str, list[TensorEntry]] = {}  # equal tensors whose ||a||^2 is not read yet
     with TensorReader(a) as ra, TensorReader(b) as rb:
         for key, ea in progress.track(sa.entries.items(), "comparing tensors", len(sa.entries)):
             eb = sb.entries.get(key)
@@ -292,11 +306,20 @@ def diff(
                     "within_tolerance": within,
                 }
             )
-            m = sums.setdefault(module_of(key, depth), [0.0, 0.0, 0, 0])
+            module = module_of(key, depth)
+            m = sums.setdefault(module, [0.0, 0.0, 0, 0])
             m[0] += s.sq_diff
-            m[1] += s.sq_a
+            if math.isnan(s.sq_a):
+                pending.setdefault(module, []).append(ea)
+            else:
+                m[1] += s.sq_a
             m[2] += 1
             m[3] += 0 if s.bit_identical else 1
+        # ||a|| of equal tensors matters only beside changed ones (an unchanged module's
+        # relative change is 0 whatever its norm): read them again only there
+        for module, entries in pending.items():
+            if sums[module][3]:
+                sums[module][1] += sum(_norm_sq(ra, e) for e in entries)
     for module, (sq_d, sq_a, n, changed) in sums.items():
         rel = 0.0 if sq_d == 0 else (math.inf if sq_a == 0 else math.sqrt(sq_d / sq_a))
         r.modules.append(
