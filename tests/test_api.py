@@ -327,6 +327,7 @@ def _run_on_pty(args: list[str], env_extra: dict[str, str] | None = None) -> tup
     import pty
     import subprocess
     import sys
+    import threading
 
     from conftest import REPO
 
@@ -338,6 +339,11 @@ def _run_on_pty(args: list[str], env_extra: dict[str, str] | None = None) -> tup
         stdout=subprocess.PIPE, stderr=slave, cwd=REPO, env=env,
     )  # fmt: skip
     os.close(slave)
+    # stdout is drained on a thread: a --json report larger than the pipe's buffer would
+    # otherwise block the child while this thread waits for the terminal to close
+    out_chunks: list[bytes] = []
+    drain = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()))  # type: ignore[union-attr]
+    drain.start()
     chunks = []
     while True:
         try:
@@ -347,9 +353,10 @@ def _run_on_pty(args: list[str], env_extra: dict[str, str] | None = None) -> tup
         if not data:
             break
         chunks.append(data)
-    out, _ = proc.communicate(timeout=300)
+    drain.join(timeout=300)
+    proc.wait(timeout=300)
     os.close(master)
-    return proc.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+    return proc.returncode, b"".join(out_chunks).decode(), b"".join(chunks).decode(errors="replace")
 
 
 def test_progress_on_a_terminal_stderr(tmp_path: Path) -> None:
