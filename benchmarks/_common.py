@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,63 @@ def find(results: list[Result], command: str, label: str) -> Result:
     return next(r for r in results if r.command == command and r.checkpoint == label)
 
 
+class Checks(list[dict[str, object]]):
+    """PASS/FAIL checks in order; each a dict of name, passed, detail (and any extra fields)."""
+
+    def add(self, name: str, passed: bool, detail: str, **extra: object) -> None:
+        """Record one check."""
+        self.append({"name": name, "passed": passed, "detail": detail, **extra})
+
+    def within(self, name: str, r: Result, floor: Result, target: float, **extra: object) -> None:
+        """r's median time is at most target times floor's."""
+        ratio = r.median_s / floor.median_s
+        detail = f"{r.median_s:.2f} s vs {floor.median_s:.2f} s, {ratio:.2f}x"
+        self.add(name, ratio <= target, detail, **extra)
+
+    def under_mb(self, r: Result, limit_mb: float) -> None:
+        """r's peak RSS is under limit_mb."""
+        self.add(
+            f"{r.command} peak RSS < {limit_mb:.0f} MB on {r.checkpoint}",
+            r.peak_mb < limit_mb,
+            f"{r.peak_mb:.0f} MB",
+        )
+
+    def flat(self, small: Result, large: Result, ratio: float, slack_mb: float) -> None:
+        """Peak RSS on the larger input is at most ratio times the smaller's plus slack_mb."""
+        limit = small.peak_mb * ratio + slack_mb
+        self.add(
+            f"{small.command} memory flat: {large.checkpoint} <= {ratio}x {small.checkpoint} "
+            f"+ {slack_mb:.0f} MB",
+            large.peak_mb <= limit,
+            f"{large.peak_mb:.0f} MB vs limit {limit:.0f} MB",
+        )
+
+
+def results_table(
+    results: list[Result],
+    label_header: str,
+    ratios: Mapping[str, Callable[[Result], float | None]],
+    digits: int = 2,
+) -> str:
+    """Markdown: command, label, median time, peak RSS, then one column per named ratio
+    (a ratio function returns None where its column does not apply)."""
+    head = f"| command | {label_header} | median wall s | peak RSS MB | " + " | ".join(ratios)
+    lines = [head + " |", "|---|---|---:|---:|" + "---:|" * len(ratios)]
+    for r in results:
+        cells = [f"{v:.2f}x" if (v := ratio(r)) is not None else "" for ratio in ratios.values()]
+        lines.append(
+            f"| `{r.command}` | {r.checkpoint} | {r.median_s:.{digits}f} | {r.peak_mb:.0f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def versus(results: list[Result], floor_name: str) -> Callable[[Result], float]:
+    """A ratio column: time over floor_name's time on the same checkpoint."""
+    return lambda r: r.median_s / find(results, floor_name, r.checkpoint).median_s
+
+
 def print_checks(checks: list[dict[str, object]]) -> None:
     """Print one PASS/FAIL line per check."""
     for chk in checks:
@@ -205,11 +262,12 @@ def copy_baselines(src: Path, dst: Path) -> dict[str, list[str]]:
     }
 
 
-def reset_output(path: Path) -> Callable[[], None]:
-    """A callable that deletes path, then flushes dirty pages so runs do not share writeback."""
+def reset_output(*paths: Path) -> Callable[[], None]:
+    """A callable that deletes paths, then flushes dirty pages so runs do not share writeback."""
 
     def reset() -> None:
-        path.unlink(missing_ok=True)
+        for path in paths:
+            path.unlink(missing_ok=True)
         os.sync()
 
     return reset

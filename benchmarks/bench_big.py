@@ -31,13 +31,16 @@ from pathlib import Path
 
 from _common import (
     Checkpoint,
+    Checks,
     Result,
     check_free_space,
     ckpt_executable,
     find,
     measure,
     print_checks,
+    results_table,
     run_in_workdir,
+    versus,
     write_json,
 )
 
@@ -255,60 +258,43 @@ def reset(out: Path, makes_folder: bool) -> Callable[[], None]:
 
 
 def markdown_table(results: list[Result]) -> str:
-    lines = [
-        "| command | checkpoint | median wall s | peak RSS MB | vs its floor |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for r in results:
-        floor_name = (
+    def vs_floor(r: Result) -> float | None:
+        if r.command not in WRITES + READS:
+            return None
+        floor = (
             COPY if r.command in WRITES else READ_TWICE if r.command.startswith("diff") else READ
         )
-        ratio = r.median_s / find(results, floor_name, r.checkpoint).median_s
-        floor = f"{ratio:.2f}x" if r.command in WRITES + READS else ""
-        lines.append(
-            f"| `{r.command}` | {r.checkpoint} | {r.median_s:.2f} | {r.peak_mb:.0f} | {floor} |"
-        )
-    return "\n".join(lines)
+        return versus(results, floor)(r)
+
+    return results_table(results, "checkpoint", {"vs its floor": vs_floor})
 
 
-def check_targets(results: list[Result], label: str) -> list[dict[str, object]]:
+def check_targets(results: list[Result], label: str) -> Checks:
     """Memory and time targets on one checkpoint."""
-    checks: list[dict[str, object]] = []
-    floor = find(results, COPY, label).median_s
+    checks = Checks()
+    floor = find(results, COPY, label)
     for cmd in READS + WRITES:
         r = find(results, cmd, label)
-        checks.append(
-            {
-                "name": f"{cmd} peak RSS < {TARGET_RSS_MB:.0f} MB on {label}",
-                "passed": r.peak_mb < TARGET_RSS_MB,
-                "detail": f"{r.peak_mb:.0f} MB",
-            }
-        )
+        checks.under_mb(r, TARGET_RSS_MB)
         if cmd in WRITES:
-            ratio = r.median_s / floor
-            checks.append(
-                {
-                    "name": f"{cmd} within {TARGET_VS_COPY}x of cp -r + sync on {label}",
-                    "passed": ratio <= TARGET_VS_COPY,
-                    "detail": f"{r.median_s:.1f} s vs {floor:.1f} s, {ratio:.2f}x",
-                }
+            checks.within(
+                f"{cmd} within {TARGET_VS_COPY}x of cp -r + sync on {label}",
+                r,
+                floor,
+                TARGET_VS_COPY,
             )
     return checks
 
 
-def flat_checks(results: list[Result], big: str, small: str) -> list[dict[str, object]]:
+def flat_checks(results: list[Result], big: str, small: str) -> Checks:
     """Peak memory does not grow with model size."""
-    checks: list[dict[str, object]] = []
+    checks = Checks()
     for cmd in READS + WRITES:
-        a, b = find(results, cmd, small).peak_mb, find(results, cmd, big).peak_mb
-        limit = a * TARGET_FLAT_RATIO + TARGET_FLAT_SLACK_MB
-        checks.append(
-            {
-                "name": f"{cmd} memory flat: {big} <= {TARGET_FLAT_RATIO}x {small} "
-                f"+ {TARGET_FLAT_SLACK_MB:.0f} MB",
-                "passed": b <= limit,
-                "detail": f"{b:.0f} MB vs {a:.0f} MB",
-            }
+        checks.flat(
+            find(results, cmd, small),
+            find(results, cmd, big),
+            TARGET_FLAT_RATIO,
+            TARGET_FLAT_SLACK_MB,
         )
     return checks
 

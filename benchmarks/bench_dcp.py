@@ -23,22 +23,25 @@ from pathlib import Path
 from _common import (
     LARGE_NUMEL,
     Checkpoint,
+    Checks,
     Result,
     check_free_space,
     ckpt_executable,
     common_parser,
-    find,
     measure,
     num_large_for,
     parse_common,
     print_checks,
+    results_table,
     run_in_workdir,
+    versus,
     write_json,
 )
 
 TOOL = "bench_dcp"
 QUICK_SIZE_GB = 0.15
 TARGET_PEAK_MB = 300.0
+FLOOR = "cp -r + sync (floor)"
 
 BUILD_DCP = """
 import sys, warnings, torch
@@ -107,7 +110,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
         "ckpt convert -o .pth": [ckpt_exe, "convert", str(folder), "-o", str(pth)],
         "dcp_to_torch_save (torch)": [py, "-c", TORCH_CONVERT, str(folder), str(torch_out)],
         "import torch (memory floor)": [py, "-c", IMPORT_TORCH],
-        "cp -r + sync (floor)": ["sh", "-c", f"cp -r {folder} {copy} && sync"],
+        FLOOR: ["sh", "-c", f"cp -r {folder} {copy} && sync"],
     }
     results: list[Result] = []
     print(f"measuring {ckpt.label} DCP folder (1 warm + {args.runs} timed runs each)", flush=True)
@@ -122,22 +125,12 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
                 before_each=lambda: _reset(st, pth, torch_out, copy),
             )
         )
-    floor = find(results, "cp -r + sync (floor)", ckpt.label)
     print()
-    print("| command | median wall s | peak RSS MB | time vs durable copy |")
-    print("|---|---:|---:|---:|")
+    print(results_table(results, "checkpoint", {"time vs durable copy": versus(results, FLOOR)}))
+    checks = Checks()
     for r in results:
-        ratio = r.median_s / floor.median_s
-        print(f"| `{r.command}` | {r.median_s:.2f} | {r.peak_mb:.0f} | {ratio:.2f}x |")
-    checks = [
-        {
-            "name": f"{r.command} peak RSS < {TARGET_PEAK_MB:.0f} MB",
-            "passed": r.peak_mb < TARGET_PEAK_MB,
-            "detail": f"{r.peak_mb:.0f} MB",
-        }
-        for r in results
-        if r.command.startswith("ckpt")
-    ]
+        if r.command.startswith("ckpt"):
+            checks.under_mb(r, TARGET_PEAK_MB)
     print()
     print_checks(checks)
     if args.json_out is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from _common import (
     LARGE_NUMEL,
     Checkpoint,
+    Checks,
     Result,
     build_checkpoint,
     check_free_space,
@@ -35,7 +36,9 @@ from _common import (
     num_large_for,
     parse_common,
     print_checks,
+    results_table,
     run_in_workdir,
+    versus,
     write_json,
 )
 
@@ -51,6 +54,8 @@ TARGET_SCAN_VS_INSPECT = 1.5
 TARGET_VS_MINIMAL = 2.5
 TARGET_HELP_VS_TYPER = 3.0
 MINIMAL = "minimal read (zip dir + data.pkl)"
+INSPECT = "ckpt inspect --json"
+SCAN = "ckpt scan --json"
 
 TORCH_LOAD_CODE = (
     "import sys, torch; sd = torch.load(sys.argv[1], {mmap}weights_only=True); print(len(sd))"
@@ -100,8 +105,8 @@ def commands(ckpt_exe: str, path: Path) -> dict[str, list[str]]:
     """The measured commands, by display name."""
     py = sys.executable
     return {
-        "ckpt inspect --json": [ckpt_exe, "inspect", str(path), "--json"],
-        "ckpt scan --json": [ckpt_exe, "scan", str(path), "--json"],
+        INSPECT: [ckpt_exe, "inspect", str(path), "--json"],
+        SCAN: [ckpt_exe, "scan", str(path), "--json"],
         "picklescan": [str(Path(ckpt_exe).with_name("picklescan")), "-p", str(path)],
         MINIMAL: [py, "-c", MINIMAL_READ_CODE, str(path)],
         "torch.load(mmap=True)": [py, "-c", TORCH_LOAD_CODE.format(mmap="mmap=True, "), str(path)],
@@ -130,34 +135,20 @@ def verify_tensor_count(ckpt_exe: str, ckpt: Checkpoint) -> None:
 
 def markdown_table(results: list[Result]) -> str:
     """Results as a Markdown table, with time ratios against ckpt inspect on the same file."""
-    lines = [
-        "| command | size | median wall s | peak RSS MB | ratio vs ckpt inspect (time) |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for r in results:
-        base = find(results, "ckpt inspect --json", r.checkpoint)
-        ratio = r.median_s / base.median_s
-        lines.append(
-            f"| `{r.command}` | {r.checkpoint} | {r.median_s:.3f} | {r.peak_mb:.0f} "
-            f"| {ratio:.1f}x |"
-        )
-    return "\n".join(lines)
+    ratio = {"ratio vs ckpt inspect (time)": versus(results, INSPECT)}
+    return results_table(results, "size", ratio, digits=3)
 
 
-def check_targets(results: list[Result], small: str, large: str) -> list[dict[str, object]]:
-    """Evaluate the performance targets; one dict per check."""
-    checks: list[dict[str, object]] = []
-
-    def add(name: str, passed: bool, detail: str) -> None:
-        checks.append({"name": name, "passed": passed, "detail": detail})
-
-    ins = find(results, "ckpt inspect --json", small)
-    add(
+def check_targets(results: list[Result], small: str, large: str) -> Checks:
+    """Evaluate the performance targets."""
+    checks = Checks()
+    ins = find(results, INSPECT, small)
+    checks.add(
         f"ckpt inspect < {TARGET_INSPECT_S} s on {small}",
         ins.median_s < TARGET_INSPECT_S,
         f"{ins.median_s:.3f} s",
     )
-    add(
+    checks.add(
         f"ckpt inspect < {TARGET_INSPECT_MB:.0f} MB on {small}",
         ins.peak_mb < TARGET_INSPECT_MB,
         f"{ins.peak_mb:.0f} MB",
@@ -165,49 +156,42 @@ def check_targets(results: list[Result], small: str, large: str) -> list[dict[st
     for label in (small, large):
         speedup = (
             find(results, "torch.load(mmap=True)", label).median_s
-            / find(results, "ckpt inspect --json", label).median_s
+            / find(results, INSPECT, label).median_s
         )
-        add(
+        checks.add(
             f"ckpt inspect >= {TARGET_SPEEDUP_VS_MMAP:.0f}x faster than "
             f"torch.load(mmap=True) on {label}",
             speedup >= TARGET_SPEEDUP_VS_MMAP,
             f"{speedup:.1f}x",
         )
     for label in (small, large):
-        scan = find(results, "ckpt scan --json", label).median_s
-        inspect = find(results, "ckpt inspect --json", label).median_s
-        picklescan = find(results, "picklescan", label).median_s
-        add(
+        scan, inspect = find(results, SCAN, label), find(results, INSPECT, label)
+        checks.within(
             f"ckpt scan within {TARGET_SCAN_VS_INSPECT}x of ckpt inspect on {label}",
-            scan <= TARGET_SCAN_VS_INSPECT * inspect,
-            f"{scan / inspect:.2f}x",
+            scan,
+            inspect,
+            TARGET_SCAN_VS_INSPECT,
         )
-        add(
+        checks.within(
             f"ckpt scan faster than picklescan on {label}",
-            scan < picklescan,
-            f"{picklescan / scan:.1f}x",
+            scan,
+            find(results, "picklescan", label),
+            1.0,
         )
-    for label in (small, large):
-        ratio = (
-            find(results, "ckpt inspect --json", label).median_s
-            / find(results, MINIMAL, label).median_s
-        )
-        add(
+        checks.within(
             f"ckpt inspect within {TARGET_VS_MINIMAL}x of the minimal read on {label}",
-            ratio <= TARGET_VS_MINIMAL,
-            f"{ratio:.2f}x",
+            inspect,
+            find(results, MINIMAL, label),
+            TARGET_VS_MINIMAL,
         )
-        helps = (
-            find(results, "ckpt --help", label).median_s
-            / find(results, 'python -c "import typer"', label).median_s
-        )
-        add(
+        checks.within(
             f"ckpt --help under {TARGET_HELP_VS_TYPER:g}x of 'import typer' ({label} run)",
-            helps < TARGET_HELP_VS_TYPER,
-            f"{helps:.2f}x",
+            find(results, "ckpt --help", label),
+            find(results, 'python -c "import typer"', label),
+            TARGET_HELP_VS_TYPER,
         )
-    flat = find(results, "ckpt inspect --json", large).median_s / ins.median_s
-    add(
+    flat = find(results, INSPECT, large).median_s / ins.median_s
+    checks.add(
         f"ckpt inspect time on {large} within {TARGET_FLAT_RATIO}x of {small}",
         flat <= TARGET_FLAT_RATIO,
         f"{flat:.2f}x",

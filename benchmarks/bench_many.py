@@ -26,6 +26,7 @@ from pathlib import Path
 from _common import (
     CP_SYNC,
     Checkpoint,
+    Checks,
     Result,
     ckpt_executable,
     copy_baselines,
@@ -33,7 +34,9 @@ from _common import (
     measure,
     print_checks,
     reset_output,
+    results_table,
     run_in_workdir,
+    versus,
     write_json,
 )
 
@@ -129,36 +132,22 @@ WRITES = (CP_SYNC, HAND_STRIP, STRIP)
 
 
 def markdown_table(results: list[Result]) -> str:
-    lines = [
-        "| command | tensors | median wall s | peak RSS MB | time vs minimal read |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for r in results:
-        floor = find(results, MINIMAL, r.checkpoint).median_s
-        lines.append(
-            f"| `{r.command}` | {r.checkpoint} | {r.median_s:.2f} | {r.peak_mb:.0f} "
-            f"| {r.median_s / floor:.2f}x |"
-        )
-    return "\n".join(lines)
+    return results_table(results, "tensors", {"time vs minimal read": versus(results, MINIMAL)})
 
 
-def check_targets(results: list[Result], small: str, large: str) -> list[dict[str, object]]:
-    checks: list[dict[str, object]] = []
-
-    def add(name: str, passed: bool, detail: str) -> None:
-        checks.append({"name": name, "passed": passed, "detail": detail})
-
+def check_targets(results: list[Result], small: str, large: str) -> Checks:
+    checks = Checks()
     floor = find(results, MINIMAL, large)
     for cmd in (INSPECT, COUNT):
         r = find(results, cmd, large)
-        ratio = r.median_s / floor.median_s
-        add(
+        checks.within(
             f"{cmd} within {TARGET_VS_MINIMAL}x of the minimal read on {large}",
-            ratio <= TARGET_VS_MINIMAL,
-            f"{ratio:.2f}x",
+            r,
+            floor,
+            TARGET_VS_MINIMAL,
         )
         mem = r.peak_mb / floor.peak_mb
-        add(
+        checks.add(
             f"{cmd} memory within {TARGET_VS_MINIMAL}x of the minimal read on {large}",
             mem <= TARGET_VS_MINIMAL,
             f"{r.peak_mb:.0f} MB vs {floor.peak_mb:.0f} MB, {mem:.2f}x",
@@ -167,19 +156,13 @@ def check_targets(results: list[Result], small: str, large: str) -> list[dict[st
     for cmd in (MINIMAL, INSPECT, COUNT, STRIP):
         a, b = find(results, cmd, small).median_s, find(results, cmd, large).median_s
         per = (b / n_large) / (a / n_small)
-        add(
+        checks.add(
             f"{cmd} linear: time per tensor at {large} within {TARGET_LINEAR}x of {small}",
             per <= TARGET_LINEAR,
             f"{a:.2f} s -> {b:.2f} s, {per:.2f}x per tensor",
         )
-    hand = find(results, HAND_STRIP, large)
-    strip = find(results, STRIP, large)
-    add(
-        f"{STRIP} no slower than the hand-written script on {large}",
-        strip.median_s <= hand.median_s,
-        f"{strip.median_s:.2f} s / {strip.peak_mb:.0f} MB vs {hand.median_s:.2f} s / "
-        f"{hand.peak_mb:.0f} MB",
-    )
+    hand, strip = find(results, HAND_STRIP, large), find(results, STRIP, large)
+    checks.within(f"{STRIP} no slower than the hand-written script on {large}", strip, hand, 1.0)
     return checks
 
 

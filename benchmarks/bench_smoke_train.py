@@ -1,17 +1,38 @@
 """Time `ckpt smoke-train` against its floor: importing torch+torchvision, and a plain
-hand-written training loop doing the same steps (same run, fresh subprocess each)."""
+hand-written training loop doing the same steps. Each command runs in a fresh subprocess:
+1 warm-up run, then `--runs` timed runs; median wall time and peak RSS (os.wait4). Exits 0
+even when the target fails.
+
+    python benchmarks/bench_smoke_train.py [--runs 3] [--size 64] [--steps 20] [--batch 8]
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import run_once
+from _common import (
+    Checkpoint,
+    Checks,
+    ckpt_executable,
+    find,
+    measure,
+    print_checks,
+    results_table,
+    versus,
+)
 
-LOOP = """
+TOOL = "bench_smoke_train"
+TARGET = 1.1
+FLOOR = "import torch, torchvision"
+LOOP = "hand-written loop"
+SMOKE = "ckpt smoke-train"
+
+LOOP_CODE = """
 import torch, torchvision
 torch.manual_seed(0)
 m = torchvision.models.resnet34(num_classes=1000)
@@ -24,62 +45,49 @@ for _ in range({steps}):
 
 
 def main() -> None:
-    """Build a resnet34 checkpoint, then time the three commands `--runs` times each."""
-    p = argparse.ArgumentParser(description=__doc__)
+    """Build a resnet34 checkpoint, then time the three commands."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--size", type=int, default=64, help="image size (square)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=8)
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_smoke_"))
-    ckpt = work / "resnet34.pth"
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
+    try:
+        path = work / "resnet34.pth"
+        build = (
             "import torch, torchvision; torch.manual_seed(0); "
-            f"torch.save(torchvision.models.resnet34().state_dict(), {str(ckpt)!r})",
-        ],
-        check=True,
-    )
-    ckpt_bin = str(Path(sys.executable).parent / "ckpt")
-    commands = {
-        "import torch, torchvision": [sys.executable, "-c", "import torch, torchvision"],
-        "hand-written loop": [
-            sys.executable,
-            "-c",
-            LOOP.format(path=str(ckpt), batch=a.batch, size=a.size, steps=a.steps),
-        ],
-        "ckpt smoke-train": [
-            ckpt_bin,
-            "smoke-train",
-            str(ckpt),
-            "--arch",
-            "resnet34",
-            "--input-shape",
-            f"3,{a.size},{a.size}",
-            "--steps",
-            str(a.steps),
-            "--batch-size",
-            str(a.batch),
-        ],
-    }
-    print(
-        f"resnet34, batch {a.batch}, 3x{a.size}x{a.size}, {a.steps} steps, median of {a.runs} runs"
-    )
-    print("| command | median wall s | peak RSS MB |\n|---|---:|---:|")
-    for name, argv in commands.items():
-        walls, rss = [], []
-        for _ in range(a.runs):
-            w, r = run_once("bench_smoke_train", argv)
-            walls.append(w)
-            rss.append(r)
-        walls.sort()
-        print(
-            f"| {name} | {walls[len(walls) // 2]:.2f} | {max(rss) * 1024 / 1e6:.0f} |", flush=True
+            f"torch.save(torchvision.models.resnet34().state_dict(), {str(path)!r})"
         )
-    ckpt.unlink()
-    work.rmdir()
+        subprocess.run([sys.executable, "-c", build], check=True)
+        loop = LOOP_CODE.format(path=str(path), batch=a.batch, size=a.size, steps=a.steps)
+        commands = {
+            FLOOR: [sys.executable, "-c", "import torch, torchvision"],
+            LOOP: [sys.executable, "-c", loop],
+            SMOKE: [
+                ckpt_executable(TOOL), "smoke-train", str(path), "--arch", "resnet34",
+                "--input-shape", f"3,{a.size},{a.size}", "--steps", str(a.steps),
+                "--batch-size", str(a.batch),
+            ],
+        }  # fmt: skip
+        ckpt = Checkpoint(
+            f"resnet34, batch {a.batch}, 3x{a.size}x{a.size}, {a.steps} steps", path, 0
+        )
+        print(f"{ckpt.label}, 1 warm + {a.runs} timed runs each", flush=True)
+        results = [measure(TOOL, name, argv, ckpt, a.runs) for name, argv in commands.items()]
+        print()
+        print(results_table(results, "work", {"vs hand-written": versus(results, LOOP)}))
+        checks = Checks()
+        checks.within(
+            f"{SMOKE} within {TARGET}x of the {LOOP}",
+            find(results, SMOKE, ckpt.label),
+            find(results, LOOP, ckpt.label),
+            TARGET,
+        )
+        print()
+        print_checks(checks)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

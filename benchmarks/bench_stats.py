@@ -23,6 +23,7 @@ from pathlib import Path
 from _common import (
     LARGE_NUMEL,
     Checkpoint,
+    Checks,
     Result,
     build_checkpoint,
     check_free_space,
@@ -33,7 +34,9 @@ from _common import (
     num_large_for,
     parse_common,
     print_checks,
+    results_table,
     run_in_workdir,
+    versus,
     write_json,
 )
 
@@ -98,48 +101,20 @@ def commands(ckpt_exe: str, path: Path) -> dict[str, list[str]]:
 
 def markdown_table(results: list[Result]) -> str:
     """Results as a Markdown table, with time ratios against the naive script."""
-    lines = [
-        "| command | size | median wall s | peak RSS MB | ratio vs naive |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for r in results:
-        ratio = r.median_s / find(results, NAIVE, r.checkpoint).median_s
-        lines.append(
-            f"| `{r.command}` | {r.checkpoint} | {r.median_s:.3f} | {r.peak_mb:.0f} "
-            f"| {ratio:.2f}x |"
-        )
-    return "\n".join(lines)
+    return results_table(results, "size", {"ratio vs naive": versus(results, NAIVE)}, digits=3)
 
 
-def check_targets(results: list[Result], labels: list[str]) -> list[dict[str, object]]:
-    """Evaluate the targets; one dict per check."""
-    checks: list[dict[str, object]] = []
+def check_targets(results: list[Result], labels: list[str]) -> Checks:
+    """Evaluate the targets."""
+    checks = Checks()
     for label in labels:
         ours, naive = find(results, STATS, label), find(results, NAIVE, label)
-        checks.append(
-            {
-                "name": f"inspect --stats at least as fast as the naive script on {label}",
-                "passed": ours.median_s <= naive.median_s,
-                "detail": f"{ours.median_s:.2f} s vs {naive.median_s:.2f} s",
-            }
+        checks.within(
+            f"inspect --stats at least as fast as the naive script on {label}", ours, naive, 1.0
         )
-        checks.append(
-            {
-                "name": f"inspect --stats peak RSS < {TARGET_RSS_MB:.0f} MB on {label}",
-                "passed": ours.peak_mb < TARGET_RSS_MB,
-                "detail": f"{ours.peak_mb:.0f} MB (naive {naive.peak_mb:.0f} MB)",
-            }
-        )
+        checks.under_mb(ours, TARGET_RSS_MB)
     small, large = (find(results, STATS, label) for label in labels)
-    limit = small.peak_mb * TARGET_FLAT_RATIO + TARGET_FLAT_SLACK_MB
-    checks.append(
-        {
-            "name": f"inspect --stats RSS flat: {labels[1]} <= {TARGET_FLAT_RATIO}x {labels[0]} "
-            f"+ {TARGET_FLAT_SLACK_MB:.0f} MB",
-            "passed": large.peak_mb <= limit,
-            "detail": f"{large.peak_mb:.0f} MB vs limit {limit:.0f} MB",
-        }
-    )
+    checks.flat(small, large, TARGET_FLAT_RATIO, TARGET_FLAT_SLACK_MB)
     return checks
 
 

@@ -1,7 +1,8 @@
 """Time `ckpt transplant` resnet18 -> resnet34 against its floor: importing torch and
 torchvision, and a hand-written script doing the same work (build resnet34, copy every
 resnet18 weight whose key and shape match, load_state_dict, torch.save, fsync). Each command
-runs in a fresh subprocess, `--runs` times; median wall time and peak RSS (os.wait4).
+runs in a fresh subprocess: 1 warm-up run, then `--runs` timed runs; median wall time and
+peak RSS (os.wait4). Exits 0 even when the target fails.
 
     python benchmarks/bench_transplant.py [--runs 3] [--num-classes 1000]
 """
@@ -15,11 +16,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import run_once
+from _common import (
+    Checkpoint,
+    Checks,
+    ckpt_executable,
+    find,
+    measure,
+    print_checks,
+    reset_output,
+    results_table,
+    versus,
+)
 
+TOOL = "bench_transplant"
 TARGET = 1.1
+FLOOR = "import torch, torchvision (floor)"
+HAND = "hand-written script"
+TRANSPLANT = "ckpt transplant"
 
-HAND = """
+HAND_CODE = """
 import os, sys, torch, torchvision
 src, dst, classes = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model = torchvision.models.resnet34(num_classes=classes)
@@ -42,48 +57,36 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_transplant_"))
     try:
         src, out = work / "resnet18.pth", work / "out.pth"
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import torch, torchvision; torch.manual_seed(0); "
-                f"torch.save(torchvision.models.resnet18().state_dict(), {str(src)!r})",
-            ],
-            check=True,
+        build = (
+            "import torch, torchvision; torch.manual_seed(0); "
+            f"torch.save(torchvision.models.resnet18().state_dict(), {str(src)!r})"
         )
-        ckpt_bin = str(Path(sys.executable).parent / "ckpt")
+        subprocess.run([sys.executable, "-c", build], check=True)
         commands = {
-            "import torch, torchvision (floor)": [
-                sys.executable,
-                "-c",
-                "import torch, torchvision",
-            ],
-            "hand-written script": [
-                sys.executable, "-c", HAND, str(src), str(out), str(a.num_classes)
-            ],
-            "ckpt transplant": [
-                ckpt_bin, "transplant", str(src), "--into", "resnet34",
+            FLOOR: [sys.executable, "-c", "import torch, torchvision"],
+            HAND: [sys.executable, "-c", HAND_CODE, str(src), str(out), str(a.num_classes)],
+            TRANSPLANT: [
+                ckpt_executable(TOOL), "transplant", str(src), "--into", "resnet34",
                 "--num-classes", str(a.num_classes), "-o", str(out), "--force",
             ],
         }  # fmt: skip
-        print(f"resnet18 -> resnet34 ({a.num_classes} classes), median of {a.runs} runs")
-        print("| command | median wall s | peak RSS MB |\n|---|---:|---:|")
-        medians = {}
-        for name, argv in commands.items():
-            walls, rss = [], []
-            for _ in range(a.runs):
-                out.unlink(missing_ok=True)
-                w, r = run_once("bench_transplant", argv)
-                walls.append(w)
-                rss.append(r)
-            walls.sort()
-            medians[name] = walls[len(walls) // 2]
-            print(f"| {name} | {medians[name]:.2f} | {max(rss) * 1024 / 1e6:.0f} |", flush=True)
-        ratio = medians["ckpt transplant"] / medians["hand-written script"]
-        verdict = "PASS" if ratio <= TARGET else "FAIL"
-        print(
-            f"{verdict}: ckpt transplant within {TARGET}x of the hand-written script ({ratio:.2f}x)"
+        ckpt = Checkpoint(f"resnet18 -> resnet34 ({a.num_classes} classes)", src, 0)
+        print(f"{ckpt.label}, 1 warm + {a.runs} timed runs each", flush=True)
+        results = [
+            measure(TOOL, name, argv, ckpt, a.runs, before_each=reset_output(out))
+            for name, argv in commands.items()
+        ]
+        print()
+        print(results_table(results, "work", {"vs hand-written": versus(results, HAND)}))
+        checks = Checks()
+        checks.within(
+            f"{TRANSPLANT} within {TARGET}x of the {HAND}",
+            find(results, TRANSPLANT, ckpt.label),
+            find(results, HAND, ckpt.label),
+            TARGET,
         )
+        print()
+        print_checks(checks)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

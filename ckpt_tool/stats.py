@@ -129,14 +129,14 @@ def fp8_table(dtype: str) -> Any:
 _LOCAL = threading.local()
 
 
-def _scratch(elements: int, itemsize: int) -> tuple[bytearray, Any, Any]:
-    """This thread's reusable buffers: raw bytes, float64 values, float64 deviations."""
+def _scratch(elements: int, nbytes: int) -> tuple[bytearray, Any, Any]:
+    """This thread's reusable buffers, grown on demand: raw bytes, float64 values, deviations."""
     import numpy as np
 
     s = _LOCAL.__dict__
-    if s.get("n", 0) < elements or s.get("raw_size", 0) < elements * itemsize:
-        s["raw"] = bytearray(elements * max(itemsize, 8))
-        s["raw_size"] = len(s["raw"])
+    if len(s.get("raw", b"")) < nbytes:
+        s["raw"] = bytearray(nbytes)
+    if s.get("n", 0) < elements:
         s["x"] = np.empty(elements, dtype=np.float64)
         s["d"] = np.empty(elements, dtype=np.float64)
         s["n"] = elements
@@ -189,9 +189,8 @@ def chunk_partial(fd: int, offset: int, size: int, dtype: str) -> Partial:
     """Read one chunk with pread and reduce it (runs on a worker thread)."""
     import numpy as np
 
-    width = item_size(dtype)
-    count = size // width
-    raw, xbuf, dbuf = _scratch(count, width)
+    count = size // item_size(dtype)
+    raw, xbuf, dbuf = _scratch(count, size)
     read_range(fd, offset, size, raw)
     x = decode(raw, count, dtype, xbuf)
     part = Partial()
