@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing is not imported before the guard below is in place
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def main() -> None:
@@ -14,12 +17,25 @@ def main() -> None:
 
         run()
     except KeyboardInterrupt:
-        os.write(2, b"error: interrupted; nothing was written\n")
-        sys.exit(130)
+        _interrupted()
     except SystemExit as done:
         if isinstance(done.code, int | None) and _alone():
             _leave_now(done.code or 0)
         raise
+    except Exception as exc:
+        from ckpt_tool.errors import caused_by_interrupt
+
+        if caused_by_interrupt(exc):  # Ctrl-C while a module was being imported
+            _interrupted()
+        raise
+
+
+def _interrupted() -> NoReturn:
+    """Ctrl-C before a command ran: the one line (and the error document for --json)."""
+    if "--json" in sys.argv[1:]:
+        os.write(1, b'{"error": "interrupted; nothing was written", "exit_code": 130}\n')
+    os.write(2, b"error: interrupted; nothing was written\n")
+    sys.exit(130)
 
 
 def _alone() -> bool:

@@ -10,6 +10,19 @@ EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 3
 
 
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether Ctrl-C is behind exc: Python 3.11 wraps an exception raised while a class is
+    created (a dataclass field's __set_name__, mid-import) in RuntimeError."""
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        if isinstance(at, KeyboardInterrupt):
+            return True
+        seen.add(id(at))
+        at = at.__cause__ or at.__context__
+    return False
+
+
 class CkptError(Exception):
     """A failure the user can act on; its message is one line naming the file or key and the fix."""
 

@@ -434,6 +434,55 @@ def test_inspect_does_not_import_torch(name: str) -> None:
     assert strict_json(proc.stdout)["num_tensors"] == EXPECTED[name][2]
 
 
+_IMPORTED = """
+import contextlib, io, json, sys
+from ckpt_tool.cli import main
+sys.argv = ["ckpt", *sys.argv[1:]]
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    try:
+        main()
+    except SystemExit:
+        pass
+sys.stderr.write(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _modules_after(*args: str) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORTED, *args], capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+    )  # fmt: skip
+    return set(json.loads(proc.stderr))
+
+
+def test_a_command_imports_its_own_module_only() -> None:
+    from ckpt_tool.cli import COMMANDS
+
+    every = {f"ckpt_tool.cli.{module}" for _, _, module, _ in COMMANDS}
+    got = _modules_after("inspect", str(FIXTURES / "mlp.pth"), "--json")
+    assert got & every == {"ckpt_tool.cli.inspect_cmd"}
+    assert not {"rich", "numpy", "torch", "tarfile", "logging"} & got  # --json needs none
+    got = _modules_after("scan", str(FIXTURES / "mlp.pth"), "--json")
+    assert got & every == {"ckpt_tool.cli.scan_cmd"} and "rich" not in got
+    assert every <= _modules_after("--help")  # the listing reads every command's help
+
+
+def test_group_help_lists_what_each_command_says() -> None:
+    """`ckpt --help` lists commands without building their options; each line must still
+    be what the built command says of itself."""
+    from typer.main import get_command
+
+    from ckpt_tool.cli import COMMANDS, app
+
+    listed = run_cli(["--help"]).output
+    group = get_command(app)
+    for name, panel, _, _ in COMMANDS:
+        built = group.commands[name]  # type: ignore[attr-defined]
+        assert built.rich_help_panel == panel
+        first = " ".join((built.help or "").split("\n\n")[0].split()[:5])
+        assert first in " ".join(listed.replace("│", " ").split()), name
+
+
 def test_entry_point_subprocess_json() -> None:
     for name in ("mlp.pth", "convnet.safetensors"):
         proc = run_module(["inspect", FIXTURES / name, "--json"])

@@ -136,6 +136,9 @@ def test_cli_never_assigns_to_a_checkpoint(path: Path) -> None:
                 # a decorator may set a function's __signature__ (the shared write options)
                 if isinstance(t, ast.Attribute) and t.attr == "__signature__":
                     continue
+                # the CLI's own objects (the lazy command group) keep their own state
+                if isinstance(t, ast.Attribute) and ast.unparse(t.value) == "self":
+                    continue
                 assert not isinstance(t, ast.Attribute), (
                     f"{path.name}:{node.lineno}: assigns to an attribute"
                 )

@@ -59,12 +59,15 @@ def inspect(
 
     exit_code is 3 (after the report) when the file is dangerous, as `scan` would say."""
     from ckpt_tool.inspection import inspect_report, select
-    from ckpt_tool.stats import tensor_stats
 
     ckpt = load(Path(path), weights=weights)
     data = inspect_report(ckpt, filter)
     entries = select(ckpt.tensors, filter)
-    values = tensor_stats(ckpt, entries) if stats and not ckpt.dangerous else None
+    values = None
+    if stats and not ckpt.dangerous:
+        from ckpt_tool.stats import tensor_stats  # threads and numpy: only when asked for
+
+        values = tensor_stats(ckpt, entries)
     if values is not None:
         for t in data["tensors"]:
             t["stats"] = values.get(t["key"])

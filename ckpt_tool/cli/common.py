@@ -15,8 +15,10 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from ckpt_tool import progress, render
-from ckpt_tool.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CkptError
+from ckpt_tool.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CkptError, caused_by_interrupt
 from ckpt_tool.memory import paused_gc
+
+INTERRUPTED = "interrupted; nothing was written"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,10 +56,12 @@ def boundary(func: F) -> F:
                 traceback.print_exc()
             fail(exc.message, exc.exit_code, json_out, exc.report)
         except KeyboardInterrupt:
-            fail("interrupted; nothing was written", 130, json_out)
+            fail(INTERRUPTED, 130, json_out)
         except typer.Exit:
             raise
         except Exception as exc:
+            if caused_by_interrupt(exc):
+                fail(INTERRUPTED, 130, json_out)
             if os.environ.get("CKPT_DEBUG") == "1":
                 traceback.print_exc()
             first = str(exc).splitlines()[0] if str(exc) else ""
@@ -71,9 +75,23 @@ def boundary(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_FAILED: list[int] = []  # exit codes fail() has reported in this run of the CLI
+
+
+def start_run() -> None:
+    """Forget what earlier runs in this process reported (tests run many)."""
+    _FAILED.clear()
+
+
+def has_reported(code: int) -> bool:
+    """Whether fail() has already told the user about this exit code in this run."""
+    return code in _FAILED
+
+
 def fail(message: str, code: int, json_out: bool, report: Any = None) -> NoReturn:
     """The error line on stderr (and with --json the error document on stdout), then exit.
     A report found before the failure (transplant's coverage) is shown first."""
+    _FAILED.append(code)
     if json_out:
         doc = report.to_json() if report is not None else {}
         render.print_json({**doc, "error": message, "exit_code": code})

@@ -14,7 +14,6 @@ import ast
 import mmap
 import os
 import struct
-import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,6 +309,8 @@ def _is_tar(buf: Any) -> bool:
     """Whether torch's legacy loader would take the file for a tar archive (it tries first)."""
     if len(buf) < 512:
         return False
+    import tarfile  # the legacy format only: not worth every start-up's import
+
     try:
         with tarfile.open(fileobj=_stream(buf), mode="r:"):  # type: ignore[call-overload]
             return True
@@ -697,6 +698,8 @@ def _survey_tar(buf: Any, survey: Survey) -> None:
         "file",
     )
     _polyglot_tar(buf, survey)
+    import tarfile
+
     try:
         with tarfile.open(fileobj=_stream(buf), mode="r:") as tar:  # type: ignore[call-overload]
             members = {m.name: m for m in tar.getmembers() if m.isfile()}
