@@ -137,6 +137,9 @@ class Checkpoint:
     _locations: dict[str, Location] = field(default_factory=dict, repr=False)
     _zip: torch_zip.ZipIndex | None = field(default=None, repr=False)
     _legacy: dict[str, int] | None = field(default=None, repr=False)
+    # a DCP folder's tensors by FQN: where each chunk's item lies (tensors.TensorReader reads
+    # the plain ones without torch)
+    dcp_stored: dict[str, tuple[dcp.StoredChunk, ...]] = field(default_factory=dict, repr=False)
 
     @property
     def zip_index(self) -> torch_zip.ZipIndex | None:
@@ -1126,6 +1129,7 @@ def _load_dcp(ckpt: Checkpoint, weights: str | None) -> None:
         records[name] = TensorRecord(
             None, 0, e.shape, contiguous_stride(e.shape), e.dtype, rebuild="dcp", metadata=e.key
         )
+    ckpt.dcp_stored = {e.key: e.stored for e in index.tensors if e.stored}
     ckpt.weight_sets = groups
     if chosen is not None:
         ckpt.layout, ckpt.weights_key = "training", chosen

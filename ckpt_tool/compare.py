@@ -156,8 +156,11 @@ def _same_bytes(
         return None
     width = stats.item_size(dtype)
     buf_a, buf_b = bytearray(CHUNK_ELEMENTS * width), bytearray(CHUNK_ELEMENTS * width)
-    ranges = zip(ra.raw_ranges(ea, CHUNK_ELEMENTS), rb.raw_ranges(eb, CHUNK_ELEMENTS), strict=True)
-    for (fa, oa, na), (fb, ob, nb) in ranges:
+    runs_a = list(ra.raw_ranges(ea, CHUNK_ELEMENTS))
+    runs_b = list(rb.raw_ranges(eb, CHUNK_ELEMENTS))
+    if [n for _, _, n in runs_a] != [n for _, _, n in runs_b]:
+        return None  # cut differently (a DCP tensor's chunks): the full comparison
+    for (fa, oa, na), (fb, ob, nb) in zip(runs_a, runs_b, strict=True):
         if stats.read_range(fa, oa, na, buf_a) != stats.read_range(fb, ob, nb, buf_b):
             return None
     return PairStats(sq_a=math.nan)  # NaN: not computed yet

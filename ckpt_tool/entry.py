@@ -8,10 +8,11 @@ import sys
 
 TYPE_CHECKING = False  # typing is not imported before the guard below is in place
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 
 def main() -> None:
+    sys.unraisablehook = _unraisable
     try:
         from ckpt_tool.cli import main as run
 
@@ -28,6 +29,18 @@ def main() -> None:
         if caused_by_interrupt(exc):  # Ctrl-C while a module was being imported
             _interrupted()
         raise
+
+
+def _unraisable(unraisable: Any) -> None:
+    """Ctrl-C landing in a callback whose exceptions Python only prints (an import lock's
+    weakref callback): delivered again to the main thread, where the guard catches it,
+    instead of a printed traceback and a command that carries on."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        import _thread
+
+        _thread.interrupt_main()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _interrupted() -> NoReturn:

@@ -48,6 +48,7 @@ class TensorReader:
         self._dcp_order: list[tuple[str, TensorRecord]] | None = None
         self._dcp_position: dict[str, int] = {}
         self._fds: dict[Path, int] = {}
+        self._pieces: dict[str, tuple[dcp.Piece, ...] | None] = {}
 
     def _map(self, path: Path) -> mmap.mmap:
         if path not in self._maps:
@@ -60,6 +61,16 @@ class TensorReader:
         from .checkpoint import TensorEntry
 
         return self.read(TensorEntry(key, rec, "tensor"))
+
+    def record_ranges(
+        self, key: str, rec: TensorRecord, elements: int
+    ) -> Iterator[tuple[int, int, int]] | None:
+        """(fd, offset, size) of a record's bytes in C order when they lie in files so (the
+        writers copy them without torch), else None."""
+        from .checkpoint import TensorEntry
+
+        entry = TensorEntry(key, rec, "tensor")
+        return self.raw_ranges(entry, elements) if self.file_backed(entry) else None
 
     def read(self, entry: TensorEntry) -> torch.Tensor:
         """The tensor as torch would load it (on CPU), sharing no memory with other reads."""
@@ -147,8 +158,11 @@ class TensorReader:
         )
 
     def file_backed(self, entry: TensorEntry) -> bool:
-        """True when the tensor is one contiguous run of bytes in a file (pread-able)."""
+        """True when the tensor's bytes lie in files in C order (pread-able): one contiguous
+        run, or a DCP tensor's plain chunks."""
         rec = entry.record
+        if rec.rebuild == "dcp":
+            return rec.numel > 0 and rec.quant is None and self.dcp_pieces(entry) is not None
         contiguous = rec.stride == contiguous_stride(rec.shape) or rec.numel <= 1
         return (
             rec.storage is not None
@@ -163,6 +177,15 @@ class TensorReader:
         """(fd, offset, size) of a file-backed tensor's bytes, `elements` at a time; the fd
         stays open until close, and pread on it is safe from any thread."""
         rec = entry.record
+        pieces = self.dcp_pieces(entry)
+        if pieces is not None:
+            size = DTYPE_SIZES[rec.dtype]
+            step = elements * size
+            for piece in pieces:
+                fd = self._fd(piece.path)
+                for first in range(0, piece.nbytes, step):
+                    yield fd, piece.offset + first, min(step, piece.nbytes - first)
+            return
         storage = rec.storage
         assert storage is not None and self.file_backed(entry)
         loc = self.ckpt.locate(storage)
@@ -172,11 +195,14 @@ class TensorReader:
             raise UnreadableCheckpoint(
                 f"{self.ckpt.path}: storage {storage.key} is shorter than the tensor it holds"
             )
-        if loc.path not in self._fds:
-            self._fds[loc.path] = os.open(loc.path, os.O_RDONLY)
-        fd = self._fds[loc.path]
+        fd = self._fd(loc.path)
         for first in range(0, rec.numel, elements):
             yield fd, start + first * size, min(elements, rec.numel - first) * size
+
+    def _fd(self, path: Path) -> int:
+        if path not in self._fds:
+            self._fds[path] = os.open(path, os.O_RDONLY)
+        return self._fds[path]
 
     def raw_chunks(self, entry: TensorEntry, elements: int) -> Iterator[bytearray]:
         """The bytes of a file-backed tensor, `elements` at a time, read with pread: memory
@@ -200,9 +226,32 @@ class TensorReader:
         for buf in self.raw_chunks(entry, elements):
             yield torch.frombuffer(buf, dtype=dtype)
 
+    def dcp_pieces(self, entry: TensorEntry) -> tuple[dcp.Piece, ...] | None:
+        """A DCP tensor's bytes as file ranges in row-major order, where the data files hold
+        them plainly (dcp.plain_pieces); None otherwise, and for any other tensor."""
+        rec = entry.record
+        if rec.rebuild != "dcp":
+            return None
+        fqn = rec.metadata if isinstance(rec.metadata, str) else entry.key
+        if fqn not in self._pieces:
+            stored = self.ckpt.dcp_stored.get(fqn, ())
+            self._pieces[fqn] = dcp.plain_pieces(self.ckpt.path, rec.shape, rec.dtype, stored)
+        return self._pieces[fqn]
+
     def _read_dcp(self, entry: TensorEntry) -> torch.Tensor:
-        """A DCP tensor, read through torch's DCP reader with the tensors after it, up to
-        DCP_BATCH_BYTES at a time: memory stays near one batch, whatever the model's size."""
+        """A DCP tensor: its plain bytes read with pread where the data files hold them so,
+        else through torch's DCP reader with the tensors after it, up to DCP_BATCH_BYTES at a
+        time: memory stays near one batch, whatever the model's size."""
+        import torch
+
+        rec = entry.record
+        if rec.numel and self.dcp_pieces(entry) is not None:
+            out = bytearray(rec.nbytes)
+            at = 0
+            for fd, offset, size in self.raw_ranges(entry, 1 << 24):
+                pread_exactly(fd, memoryview(out)[at : at + size], offset, self.ckpt.path)
+                at += size
+            return torch.frombuffer(out, dtype=torch_dtype(rec.dtype)).reshape(rec.shape)
         fqn = entry.record.metadata if isinstance(entry.record.metadata, str) else entry.key
         if fqn not in self._dcp_batch:
             # The batch starts at this item in file order, found by its FQN: a writer asks by

@@ -3,6 +3,7 @@ layout (weight sets `model`, `optim`), converted bit-exactly, and back to DCP.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -127,3 +128,120 @@ def test_container_writes_refuse_to_lose_the_optimizer(
     result = run_cli(["rename", folder, "--map", "^0\\.=first.", "-o", tmp_path / "s.pth"])
     assert result.exit_code == 1 and "optim" in result.stderr
     assert not (tmp_path / "s.pth").exists()
+
+
+# --- DCP tensors read without torch ------------------------------------------------------------
+
+_NO_TORCH_CONVERT = """
+import json, sys
+import ckpt_tool
+rep = ckpt_tool.convert(sys.argv[1], output=sys.argv[2])
+cast = ckpt_tool.convert(sys.argv[1], output=sys.argv[3], dtype="fp16")
+stats = ckpt_tool.inspect(sys.argv[1], stats=True)
+diff = ckpt_tool.diff(sys.argv[1], sys.argv[1])
+print(json.dumps({"torch": "torch" in sys.modules, "stats": stats.to_json()["tensors"],
+                  "identical": diff.to_json()["summary"]}))
+"""
+
+
+def test_fsdp_chunks_are_read_as_bytes_without_torch(
+    fsdp_dcp: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    """FSDP2's chunks split each tensor along its first dimension, each a small torch.save
+    archive in a data file: convert (and its cast), --stats and diff read their bytes with
+    pread, and the results are what torch's own reader gives."""
+    from ckpt_tool.checkpoint import load
+    from ckpt_tool.tensors import TensorReader
+
+    folder, full = fsdp_dcp
+    ckpt = load(folder)
+    with TensorReader(ckpt) as reader:
+        pieces = {k: reader.dcp_pieces(e) for k, e in ckpt.tensors.items()}
+    assert all(p is not None for p in pieces.values()), pieces
+    assert any(len(p or ()) == 2 for p in pieces.values())  # one chunk per rank
+    out, cast = tmp_path / "w.safetensors", tmp_path / "c.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH_CONVERT, str(folder), str(out), str(cast)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    done = json.loads(proc.stdout)
+    assert done["torch"] is False
+    _same(load_file(out), full)
+    _same(load_file(cast), {k: v.to(torch.float16) for k, v in full.items()})
+    by_key = {t["key"]: t["stats"] for t in done["stats"]}
+    for k, v in full.items():
+        assert by_key[k]["max"] == pytest.approx(float(v.max()))
+        assert by_key[k]["mean"] == pytest.approx(float(v.double().mean()), abs=1e-9)
+    assert done["identical"]["changed"] == 0
+
+
+def test_chunks_that_do_not_tile_rows_go_through_torch(
+    fsdp_dcp: tuple[Path, dict[str, torch.Tensor]],
+) -> None:
+    """A chunk missing, chunks out of place or a transformed item: no byte ranges (the
+    tensor is read by torch's reader instead), never wrong ones."""
+    import dataclasses
+
+    from ckpt_tool.checkpoint import load
+    from ckpt_tool.formats.dcp import plain_pieces
+
+    folder, _ = fsdp_dcp
+    ckpt = load(folder)
+    fqn, stored = next((k, s) for k, s in ckpt.dcp_stored.items() if len(s) == 2)
+    shape = next(e.record.shape for e in ckpt.tensors.values() if e.record.metadata == fqn)
+    dtype = next(e.record.dtype for e in ckpt.tensors.values() if e.record.metadata == fqn)
+    assert plain_pieces(folder, shape, dtype, stored) is not None
+    first, second = stored
+    assert plain_pieces(folder, shape, dtype, (first,)) is None  # half the rows
+    moved = dataclasses.replace(second, offsets=(second.offsets[0] + 1, *second.offsets[1:]))
+    assert plain_pieces(folder, shape, dtype, (first, moved)) is None  # a gap
+    swapped = dataclasses.replace(first, relative_path=second.relative_path)
+    assert plain_pieces(folder, shape, dtype, (swapped, second)) is None  # no archive there
+    squeezed = dataclasses.replace(first, transformed=True)
+    assert plain_pieces(folder, shape, dtype, (squeezed, second)) is None
+    assert plain_pieces(folder, shape, "float16", stored) is None  # not what the item holds
+
+
+TP_SCRIPT = r"""
+import sys, torch, torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+
+dist.init_process_group("gloo")
+mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+torch.manual_seed(0)
+full = {"col.weight": torch.randn(6, 8), "row.weight": torch.randn(8, 6)}
+state = {"col.weight": distribute_tensor(full["col.weight"], mesh, [Shard(1)]),
+         "row.weight": distribute_tensor(full["row.weight"], mesh, [Shard(0)])}
+dcp.save(state, checkpoint_id=sys.argv[1] + "/dcp")
+if dist.get_rank() == 0:
+    torch.save(full, sys.argv[1] + "/full.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_columns_split_across_ranks_convert_through_torch(tmp_path: Path) -> None:
+    """Tensor parallelism splits a weight along its second dimension: its chunks are no
+    runs of the whole tensor's bytes, so it is read through torch's reader, bit-exactly."""
+    script = tmp_path / "save.py"
+    script.write_text(TP_SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", str(script), str(tmp_path)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from ckpt_tool.checkpoint import load
+    from ckpt_tool.tensors import TensorReader
+
+    ckpt = load(tmp_path / "dcp")
+    with TensorReader(ckpt) as reader:
+        plain = {k: reader.dcp_pieces(e) is not None for k, e in ckpt.tensors.items()}
+    assert plain == {"col.weight": False, "row.weight": True}
+    out = tmp_path / "w.safetensors"
+    code, rep = run_json(["convert", tmp_path / "dcp", "-o", out])
+    assert code == 0, rep
+    _same(load_file(out), torch.load(tmp_path / "full.pt", weights_only=True))

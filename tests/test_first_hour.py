@@ -205,3 +205,17 @@ def test_ctrl_c_wrapped_by_class_creation_is_still_an_interrupt(
     assert done.value.exit_code == 130
     assert capsys.readouterr().err.strip() == "error: interrupted; nothing was written"
     assert not caused_by_interrupt(RuntimeError("a real bug"))
+
+
+def test_ctrl_c_inside_a_callback_python_only_prints_is_delivered_again() -> None:
+    """Ctrl-C in an import lock's weakref callback is printed and dropped by Python; the
+    entry point's hook raises it again in the main thread, where the guard catches it."""
+    import types
+
+    from ckpt_tool import entry
+
+    lost = types.SimpleNamespace(exc_value=KeyboardInterrupt(), exc_type=KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        entry._unraisable(lost)
+        for _ in range(1000):  # the interrupt is raised at the next check of pending signals
+            time.sleep(0.001)

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ckpt_tool.errors import CkptError, UnreadableCheckpoint
 
-from .pickle_rules import DANGEROUS, NEEDS_CODE
-from .safe_pickle import DType, Inert, PickleResult, global_name, raise_unreadable, read_pickle
+from . import torch_zip
+from .pickle_rules import DANGEROUS, NEEDS_CODE, SAFE
+from .safe_pickle import (
+    DTYPE_SIZES,
+    DType,
+    Inert,
+    PickleResult,
+    TensorRecord,
+    contiguous_stride,
+    global_name,
+    raise_unreadable,
+    read_pickle,
+)
 from .survey import Mapped, Survey, survey_buffer
 
 # The classes a genuine DCP `.metadata` pickle names; anything else there is refused before
@@ -51,6 +64,28 @@ class DCPEntry:
     shape: tuple[int, ...]
     chunks: int
     path: tuple[str, ...] = ()  # where it sat in the saved state dict ("model", "conv1.weight")
+    stored: tuple[StoredChunk, ...] = ()  # where .metadata says each chunk's item lies
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """One chunk of a DCP tensor: its place in the tensor and its item in a data file."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    relative_path: str
+    offset: int
+    length: int
+    transformed: bool  # compressed or otherwise transformed on the way to disk
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A run of a DCP tensor's bytes in one data file, in the tensor's row-major order."""
+
+    path: Path
+    offset: int
+    nbytes: int
 
 
 @dataclass
@@ -167,6 +202,7 @@ def read_dcp(folder: Path, survey: Survey | None = None) -> DCPIndex:
     other: list[str] = []
     planner = root.get("planner_data")
     paths = planner if isinstance(planner, dict) else {}
+    items = _storage_items(root.get("storage_data"))
     for key, item in sd_meta.items():
         f = fields(item)
         props = f.get("properties")
@@ -184,8 +220,147 @@ def read_dcp(folder: Path, survey: Survey | None = None) -> DCPIndex:
                     tuple(size),
                     len(chunks) if isinstance(chunks, list) else 1,
                     tuple(str(p) for p in path) if isinstance(path, (tuple, list)) else (),
+                    _stored(str(key), chunks, items),
                 )
             )
         else:
             other.append(str(key))
     return DCPIndex(folder, tensors, other, result, survey)
+
+
+def _storage_items(storage: Any) -> dict[tuple[str, tuple[int, ...]], dict[str, Any]]:
+    """.metadata's storage_data: (FQN, chunk offsets) -> the item's _StorageInfo fields."""
+    out: dict[tuple[str, tuple[int, ...]], dict[str, Any]] = {}
+    for key, info in (storage if isinstance(storage, dict) else {}).items():
+        k = fields(key)
+        fqn, offsets = k.get("fqn"), k.get("offset")
+        if isinstance(fqn, str) and isinstance(offsets, tuple):
+            out[(fqn, offsets)] = fields(info)
+    return out
+
+
+def _stored(
+    fqn: str, chunks: Any, items: dict[tuple[str, tuple[int, ...]], dict[str, Any]]
+) -> tuple[StoredChunk, ...]:
+    """Each chunk with its item's place, or () when .metadata does not say it plainly."""
+    out: list[StoredChunk] = []
+    for chunk in chunks if isinstance(chunks, list) else []:
+        c = fields(chunk)
+        offsets, sizes = c.get("offsets"), c.get("sizes")
+        if not (isinstance(offsets, tuple) and isinstance(sizes, tuple)):
+            return ()
+        info = items.get((fqn, offsets))
+        if info is None:
+            return ()
+        rel, start, length = info.get("relative_path"), info.get("offset"), info.get("length")
+        if not (isinstance(rel, str) and isinstance(start, int) and isinstance(length, int)):
+            return ()
+        out.append(
+            StoredChunk(offsets, sizes, rel, start, length, bool(info.get("transform_descriptors")))
+        )
+    return tuple(out)
+
+
+def plain_pieces(
+    folder: Path, shape: tuple[int, ...], dtype: str, stored: tuple[StoredChunk, ...]
+) -> tuple[Piece, ...] | None:
+    """A DCP tensor's bytes as file ranges in row-major order, read without torch: torch's
+    FileSystemWriter stores each chunk as a small torch.save archive inside a data file;
+    read with our own zip and pickle readers, a chunk whose archive holds a contiguous
+    little-endian tensor of the chunk's shape in a stored member is one byte range, and a
+    tensor split along its first dimension only (FSDP's layout; one chunk on one rank) is its
+    chunks' ranges in order. None for anything else (torch's DCP reader then)."""
+    if not stored:
+        return None
+    spans = sorted(stored, key=lambda c: c.offsets[:1])
+    at, out = 0, []
+    for chunk in spans:
+        if len(chunk.offsets) != len(shape) or len(chunk.sizes) != len(shape):
+            return None
+        if shape and (any(chunk.offsets[1:]) or chunk.sizes[1:] != shape[1:]):
+            return None  # split along a later dimension: not one run per chunk
+        if shape and chunk.offsets[0] != at:
+            return None  # a gap or an overlap
+        piece = _chunk_piece(folder, chunk, dtype)
+        if piece is None:
+            return None
+        out.append(piece)
+        at += chunk.sizes[0] if shape else 1
+    if at != (shape[0] if shape else 1):
+        return None
+    return tuple(p for p in out if p.nbytes)
+
+
+_TAIL = (1 << 16) + 22 + 76  # an end record's comment, the record, zip64's records
+
+
+def _chunk_piece(folder: Path, chunk: StoredChunk, dtype: str) -> Piece | None:
+    """Where one chunk's values lie: its item archive read from its tail (the directory)
+    and two local headers, never its data (a chunk may be gigabytes)."""
+    rel = chunk.relative_path
+    if chunk.transformed or not rel or "/" in rel or "\\" in rel or rel in (".", ".."):
+        return None
+    path = folder / rel
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start, length = chunk.offset, chunk.length
+            if start < 0 or length < 22 or start + length > size:
+                return None
+            tail_len = min(length, _TAIL)
+            tail = os.pread(f.fileno(), tail_len, start + length - tail_len)
+            members = torch_zip.read_directory(tail)
+            shift = length - tail_len  # the tail buffer starts this far into the item
+            by_name = {m.filename: m for m in members}
+            prefix = members[0].filename.split("/", 1)[0] if members else ""
+            pkl = by_name.get(f"{prefix}/data.pkl")
+            order = by_name.get(f"{prefix}/byteorder")
+            if pkl is None or pkl.compress_type != torch_zip.STORED or pkl.file_size > 1 << 20:
+                return None
+            if order is not None and _member(f, start, shift, order) != b"little":
+                return None
+            data = _member(f, start, shift, pkl)
+            if data is None:
+                return None
+            result = read_pickle(data, 0)
+            rec = result.root
+            if not (result.complete and isinstance(rec, TensorRecord) and rec.storage):
+                return None
+            if result.verdict() != SAFE or rec.quant is not None or rec.dtype != dtype:
+                return None
+            if rec.shape != chunk.sizes:
+                return None
+            if rec.numel > 1 and rec.stride != contiguous_stride(rec.shape):
+                return None
+            storage = by_name.get(f"{prefix}/data/{rec.storage.key}")
+            if storage is None or storage.compress_type != torch_zip.STORED:
+                return None
+            at = _data_at(f, start, shift, storage)
+            first = rec.offset * DTYPE_SIZES[dtype]
+            if at is None or first + rec.nbytes > storage.file_size:
+                return None
+            if at + storage.file_size > start + length:
+                return None
+            return Piece(path, at + first, rec.nbytes)
+    except (OSError, CkptError, torch_zip.DirectoryError, UnicodeDecodeError, struct.error):
+        return None
+
+
+def _data_at(f: Any, start: int, shift: int, member: torch_zip.Member) -> int | None:
+    """Absolute file offset of a member's bytes, from its local header."""
+    header = start + member.header_offset + shift
+    if member.header_offset + shift < 0:
+        return None
+    raw = os.pread(f.fileno(), 30, header)
+    if len(raw) < 30 or raw[:4] != torch_zip.ZIP_MAGIC:
+        return None
+    nlen, elen = struct.unpack_from("<HH", raw, 26)
+    return int(header + 30 + nlen + elen)
+
+
+def _member(f: Any, start: int, shift: int, member: torch_zip.Member) -> bytes | None:
+    at = _data_at(f, start, shift, member)
+    if at is None:
+        return None
+    data = os.pread(f.fileno(), member.file_size, at)
+    return data if len(data) == member.file_size else None
