@@ -10,12 +10,13 @@ from typing import Annotated, Any
 
 import typer
 import typer.main
-from typer import _click as click_core
 from typer.core import TyperCommand, TyperGroup
 
-try:  # the exception types of command-line mistakes: typer vendors click since 0.2x
+try:  # click's types and exceptions: typer vendors click since 0.2x
+    from typer import _click as click_core
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - older typer on the real click
+    import click as click_core  # type: ignore[no-redef]  # noqa: TID251
     from click import exceptions as click_errors  # type: ignore[no-redef]  # noqa: TID251
 
 from ckpt_tool import __version__, render
