@@ -9,6 +9,7 @@ their dtype, --keep / --keep-norm hold tensors, overflow and underflow are count
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -604,3 +605,63 @@ def test_bf16_to_fp16_and_nan_payloads_bitwise_like_torch(tmp_path: Path) -> Non
         assert done.stdout.strip() == "False", name
         got = load_file(str(dst))["w"]
         assert torch.equal(got.view(torch.int16), t.to(torch.float16).view(torch.int16)), name
+
+
+def test_bf16_to_fp16_of_weights_in_range(tmp_path: Path) -> None:
+    """bf16 weights with no value past fp16's range take the integer path (exact rebiasing,
+    numpy's rounding for the values below fp16's smallest normal): every such bit pattern and
+    a realistic weight cast as torch casts them, with the underflow and error torch's cast
+    gives, without importing torch."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    patterns = torch.arange(0, 1 << 16, dtype=torch.int32).to(torch.int16)
+    finite = patterns[(patterns.int() & 0x7FFF) < (143 << 7)].view(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    weight = (torch.randn(3 << 20, generator=g) * 0.02).to(torch.bfloat16)  # three chunks
+    weight[::97] = 0
+    src = {"patterns": finite.clone(), "weight": weight}
+    path, out = tmp_path / "bf16.safetensors", tmp_path / "fp16.safetensors"
+    save_file(src, str(path))
+    code = (
+        "import sys, json, ckpt_tool; r = ckpt_tool.cast(sys.argv[1], 'fp16', output=sys.argv[2]);"
+        " print(json.dumps(r.to_json()['cast_report']['tensors'])); print('torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(out)], capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    rows_json, imported = done.stdout.strip().splitlines()
+    assert imported == "False"
+    got = load_file(str(out))
+    report = {row["key"]: row for row in json.loads(rows_json)}
+    for key, t in src.items():
+        want = t.to(torch.float16)
+        assert torch.equal(got[key].view(torch.int16), want.view(torch.int16)), key
+        assert report[key]["underflow"] == int(((want == 0) & (t != 0)).sum()), key
+        w = t.double()
+        rel = ((want.double() - w).norm() / w.norm()).item()
+        assert report[key]["rel_error"] == pytest.approx(rel, rel=1e-6, abs=1e-12), key
+    assert report["weight"]["underflow"] > 0  # values flushed to zero: counted
+
+
+def test_bf16_to_fp16_integer_path_takes_what_it_can() -> None:
+    """In range (with zeros and values below fp16's normal range): taken; any value past
+    fp16's range, Inf or NaN: left to the general path, y untouched."""
+    import numpy as np
+
+    def run(values: list[float]) -> bool:
+        t = torch.tensor(values, dtype=torch.bfloat16).view(torch.int16).numpy()
+        raw = np.frombuffer(t.tobytes(), dtype=np.uint8)
+        scratch = cast_mod._Scratch.get(raw.size, t.size)
+        x = cast_mod._np_values(raw, "bfloat16", scratch)
+        y = np.full(t.size, 7, dtype="<f2")
+        taken = cast_mod._bf16_to_f16(raw, x, y, scratch, cast_mod.CastStats())
+        assert taken or (y == 7).all()
+        return taken
+
+    assert run([0.0, -0.0, 1.5, -3.0e-6, 1e-9, 60000.0])
+    for bad in (70000.0, float("inf"), float("nan")):
+        assert not run([1.0, bad])

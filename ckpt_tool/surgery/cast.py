@@ -348,10 +348,12 @@ def _cast_chunk(
     scratch = _Scratch.get(size, size // DTYPE_SIZES[source])
     raw = scratch.raw[:size]
     pread_exactly(fd, raw, offset, path)
-    x = _np_values(raw, source)
+    x = _np_values(raw, source, scratch)
     out_size = x.size * DTYPE_SIZES[dtype]
     buf = pool.get(out_size)
     y = np.frombuffer(buf, dtype=np.uint8, count=out_size).view(NP_STORE[dtype])
+    if source == "bfloat16" and dtype == "float16" and _bf16_to_f16(raw, x, y, scratch, stats):
+        return memoryview(buf)[:out_size]
     if dtype == "float16" and x.dtype == np.float32:
         magnitudes = _f16_round(x, y.view(np.uint16), scratch)
         if magnitudes is not None:  # all finite, none overflows: the statistics of |x|
@@ -376,6 +378,7 @@ class _Scratch(threading.local):
     b: Any = None
     c: Any = None
     d: Any = None
+    x: Any = None  # uint32: bfloat16 input widened to float32 bits
     mask: Any = None  # bool, one chunk long
 
     @classmethod
@@ -387,12 +390,55 @@ class _Scratch(threading.local):
         words = max((size + 3) // 4, elements)  # one uint32 per value (bf16 input: 2 bytes)
         if s.raw is None or s.raw.size < size or s.a.size < words:
             s.raw = np.empty(size, dtype=np.uint8)
-            s.a, s.b, s.c, s.d = (np.empty(words, dtype=np.uint32) for _ in range(4))
+            s.a, s.b, s.c, s.d, s.x = (np.empty(words, dtype=np.uint32) for _ in range(5))
             s.mask = np.empty(max((size + 1) // 2, elements), dtype=np.bool_)
         return s
 
 
 _SCRATCH = _Scratch()
+
+
+_BF16_F16_LOW = 113 << 7  # |bf16| bits of float16's smallest normal (2**-14)
+_BF16_F16_HIGH = 143 << 7  # |bf16| bits of 2**16, past float16's largest finite value
+_BF16_F16_REBIAS = (127 - 15) << 7  # the exponent bias moved, in |bf16| bits
+
+
+def _bf16_to_f16(raw: Any, x: Any, y: Any, scratch: _Scratch, stats: CastStats) -> bool:
+    """bfloat16 -> float16 bits into y with integer arithmetic, and the chunk's statistics,
+    for a chunk with no value past float16's range, Inf or NaN (True); False (y and stats
+    untouched) for any other chunk. Zero and float16's normal range are exact: its 10
+    mantissa bits hold bfloat16's 7, so the bits follow by rebiasing the exponent (127 ->
+    15) and shifting. The few values below float16's smallest normal (weights near zero)
+    are cast by numpy's rounding cast and counted as rounded or flushed to zero."""
+    import numpy as np
+
+    bits = raw.view("<u2")
+    n = bits.size
+    mag = scratch.a.view(np.uint16)[:n]
+    np.bitwise_and(bits, 0x7FFF, out=mag)
+    if n == 0 or mag.max() >= _BF16_F16_HIGH:  # overflow, Inf or NaN
+        return False
+    low = scratch.b.view(np.uint16)[:n]
+    np.subtract(mag, 1, out=low)  # zero wraps to the top: below LOW - 1 are the tiny ones
+    tiny = None
+    if low.min() < _BF16_F16_LOW - 1:
+        tiny = np.flatnonzero(np.less(low, _BF16_F16_LOW - 1, out=scratch.mask[:n]))
+    out = y.view(np.uint16)
+    np.maximum(mag, _BF16_F16_REBIAS, out=mag)  # zero becomes the rebias point: 0 below
+    np.subtract(mag, _BF16_F16_REBIAS, out=mag)
+    np.left_shift(mag, 3, out=out)
+    np.bitwise_and(bits, 0x8000, out=low)
+    np.bitwise_or(out, low, out=out)
+    stats.ref_sq += float(np.dot(x, x))
+    if tiny is not None:
+        near = x[tiny]
+        cast = near.astype(np.float16)  # round to nearest even, as torch's cast
+        out[tiny] = cast.view(np.uint16)
+        diff = cast.astype(np.float32) - near
+        stats.err_sq += float(np.dot(diff, diff))
+        stats.underflow += int(np.count_nonzero(cast == 0))  # the tiny values are nonzero
+        stats.max_abs_error = max(stats.max_abs_error, float(np.abs(diff).max()))
+    return True
 
 
 _F16_OVERFLOW = 65520.0  # the smallest float32 that rounds to inf in float16
@@ -442,12 +488,16 @@ def _f16_round(x: Any, y: Any, scratch: _Scratch) -> tuple[Any, Any] | None:
     return mag, rounded
 
 
-def _np_values(raw: Any, source: str) -> Any:
-    """The input values: float32 for float32 and bfloat16 (widened exactly), else float16."""
+def _np_values(raw: Any, source: str, scratch: _Scratch) -> Any:
+    """The input values: float32 for float32 and bfloat16 (widened exactly, into scratch),
+    else float16."""
     import numpy as np
 
     if source == "bfloat16":
-        return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        bits = raw.view("<u2")
+        wide = scratch.x[: bits.size]
+        np.left_shift(bits, 16, out=wide, dtype=np.uint32)
+        return wide.view(np.float32)
     return raw.view("<f4" if source == "float32" else "<f2")
 
 
