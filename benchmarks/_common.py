@@ -228,6 +228,35 @@ def versus(results: list[Result], floor_name: str) -> Callable[[Result], float]:
     return lambda r: r.median_s / find(results, floor_name, r.checkpoint).median_s
 
 
+def against_hand_written(
+    tool: str,
+    commands: dict[str, list[str]],
+    work: Checkpoint,
+    runs: int,
+    ours: str,
+    hand: str,
+    target: float,
+    before_each: Callable[[], None] | None = None,
+) -> None:
+    """Measure each command on one piece of work, then print the table (time against the
+    hand-written script) and whether `ours` is within `target` of it."""
+    print(f"{work.label}, 1 warm + {runs} timed runs each", flush=True)
+    results = [
+        measure(tool, name, argv, work, runs, before_each) for name, argv in commands.items()
+    ]
+    print()
+    print(results_table(results, "work", {"vs hand-written": versus(results, hand)}))
+    checks = Checks()
+    checks.within(
+        f"{ours} within {target}x of the {hand}",
+        find(results, ours, work.label),
+        find(results, hand, work.label),
+        target,
+    )
+    print()
+    print_checks(checks)
+
+
 def print_checks(checks: list[dict[str, object]]) -> None:
     """Print one PASS/FAIL line per check."""
     for chk in checks:

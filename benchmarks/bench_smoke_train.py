@@ -15,16 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import (
-    Checkpoint,
-    Checks,
-    ckpt_executable,
-    find,
-    measure,
-    print_checks,
-    results_table,
-    versus,
-)
+from _common import Checkpoint, against_hand_written, ckpt_executable
 
 TOOL = "bench_smoke_train"
 TARGET = 1.1
@@ -73,19 +64,7 @@ def main() -> None:
         ckpt = Checkpoint(
             f"resnet34, batch {a.batch}, 3x{a.size}x{a.size}, {a.steps} steps", path, 0
         )
-        print(f"{ckpt.label}, 1 warm + {a.runs} timed runs each", flush=True)
-        results = [measure(TOOL, name, argv, ckpt, a.runs) for name, argv in commands.items()]
-        print()
-        print(results_table(results, "work", {"vs hand-written": versus(results, LOOP)}))
-        checks = Checks()
-        checks.within(
-            f"{SMOKE} within {TARGET}x of the {LOOP}",
-            find(results, SMOKE, ckpt.label),
-            find(results, LOOP, ckpt.label),
-            TARGET,
-        )
-        print()
-        print_checks(checks)
+        against_hand_written(TOOL, commands, ckpt, a.runs, SMOKE, LOOP, TARGET)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -16,17 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import (
-    Checkpoint,
-    Checks,
-    ckpt_executable,
-    find,
-    measure,
-    print_checks,
-    reset_output,
-    results_table,
-    versus,
-)
+from _common import Checkpoint, against_hand_written, ckpt_executable, reset_output
 
 TOOL = "bench_transplant"
 TARGET = 1.1
@@ -71,22 +61,9 @@ def main() -> None:
             ],
         }  # fmt: skip
         ckpt = Checkpoint(f"resnet18 -> resnet34 ({a.num_classes} classes)", src, 0)
-        print(f"{ckpt.label}, 1 warm + {a.runs} timed runs each", flush=True)
-        results = [
-            measure(TOOL, name, argv, ckpt, a.runs, before_each=reset_output(out))
-            for name, argv in commands.items()
-        ]
-        print()
-        print(results_table(results, "work", {"vs hand-written": versus(results, HAND)}))
-        checks = Checks()
-        checks.within(
-            f"{TRANSPLANT} within {TARGET}x of the {HAND}",
-            find(results, TRANSPLANT, ckpt.label),
-            find(results, HAND, ckpt.label),
-            TARGET,
+        against_hand_written(
+            TOOL, commands, ckpt, a.runs, TRANSPLANT, HAND, TARGET, before_each=reset_output(out)
         )
-        print()
-        print_checks(checks)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -45,9 +45,13 @@ def _unraisable(unraisable: Any) -> None:
 
 def _interrupted() -> NoReturn:
     """Ctrl-C before a command ran: the one line (and the error document for --json)."""
+    import json
+
+    from ckpt_tool.errors import INTERRUPTED
+
     if "--json" in sys.argv[1:]:
-        os.write(1, b'{"error": "interrupted; nothing was written", "exit_code": 130}\n')
-    os.write(2, b"error: interrupted; nothing was written\n")
+        os.write(1, json.dumps({"error": INTERRUPTED, "exit_code": 130}).encode() + b"\n")
+    os.write(2, f"error: {INTERRUPTED}\n".encode())
     sys.exit(130)
 
 

@@ -10,6 +10,9 @@ EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 3
 
 
+INTERRUPTED = "interrupted; nothing was written"  # what Ctrl-C ends with, exit 130
+
+
 def caused_by_interrupt(exc: BaseException) -> bool:
     """Whether Ctrl-C is behind exc: Python 3.11 wraps an exception raised while a class is
     created (a dataclass field's __set_name__, mid-import) in RuntimeError."""

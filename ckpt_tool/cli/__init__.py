@@ -20,9 +20,9 @@ except ImportError:  # pragma: no cover - older typer on the real click
     from click import exceptions as click_errors  # type: ignore[no-redef]  # noqa: TID251
 
 from ckpt_tool import __version__, render
+from ckpt_tool.errors import INTERRUPTED
 
 from . import common
-from .common import INTERRUPTED
 
 # name, help panel, module under ckpt_tool.cli, function: in the order `ckpt --help` lists them
 COMMANDS: list[tuple[str, str, str, str]] = [

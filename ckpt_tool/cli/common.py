@@ -15,10 +15,14 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from ckpt_tool import progress, render
-from ckpt_tool.errors import EXIT_CHECK_FAILED, EXIT_ERROR, CkptError, caused_by_interrupt
+from ckpt_tool.errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_ERROR,
+    INTERRUPTED,
+    CkptError,
+    caused_by_interrupt,
+)
 from ckpt_tool.memory import paused_gc
-
-INTERRUPTED = "interrupted; nothing was written"
 
 F = TypeVar("F", bound=Callable[..., Any])
 

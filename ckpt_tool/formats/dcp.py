@@ -6,7 +6,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ckpt_tool.errors import CkptError, UnreadableCheckpoint
 
@@ -150,11 +150,22 @@ def survey_dcp(folder: Path) -> Survey:
     return survey
 
 
+def _inside(rel: Any) -> TypeGuard[str]:
+    """Whether a data file's relative path names a file in the DCP folder itself."""
+    return (
+        isinstance(rel, str)
+        and bool(rel)
+        and "/" not in rel
+        and "\\" not in rel
+        and rel not in (".", "..")
+    )
+
+
 def _survey_item(folder: Path, survey: Survey, fqn: Any, info: dict[str, Any]) -> None:
     """One stored item's bytes, if it is not raw tensor data: torch.save output."""
     rel, offset, length = info.get("relative_path"), info.get("offset"), info.get("length")
     where = f"item {str(fqn)!r}"
-    if not isinstance(rel, str) or not rel or "/" in rel or "\\" in rel or rel in (".", ".."):
+    if not _inside(rel):
         survey.flag(
             DANGEROUS,
             "path-traversal",
@@ -298,7 +309,7 @@ def _chunk_piece(folder: Path, chunk: StoredChunk, dtype: str) -> Piece | None:
     """Where one chunk's values lie: its item archive read from its tail (the directory)
     and two local headers, never its data (a chunk may be gigabytes)."""
     rel = chunk.relative_path
-    if chunk.transformed or not rel or "/" in rel or "\\" in rel or rel in (".", ".."):
+    if chunk.transformed or not _inside(rel):
         return None
     path = folder / rel
     try:
